@@ -1,0 +1,36 @@
+"""Lab identity and addressing: the one place where sim, lab, tap and tests get them.
+
+Values follow DESIGN.md ("Identity and lab constants"): the Open5GS and UERANSIM
+sample subscriber keys, PLMN 999/70, TAC 1, S-NSSAI sst 1, DNN "internet".
+"""
+
+from __future__ import annotations
+
+MCC = "999"
+MNC = "70"
+PLMN = MCC + MNC
+TAC = 1
+SST = 1
+SD = "000001"  # only where a second slice is shown
+DNN = "internet"
+
+UE_POOL_V4 = "10.45.0.0/16"
+UE_GATEWAY_V4 = "10.45.0.1"
+UE_POOL_V6 = "2001:db8:cafe::/48"
+UE_POOLS = (UE_POOL_V4, UE_POOL_V6)
+
+SUBSCRIBER_K = "465B5CE8B199B49FAA5F0A2EE238A6BC"
+SUBSCRIBER_OPC = "E8ED289DEBA952E4283B54E88E6183CA"
+AMF_FIELD = "8000"
+FIRST_MSIN = 1  # imsi-999700000000001
+
+
+def supi(n: int) -> str:
+    """SUPI of the n-th subscriber (n from 1): imsi-<mcc><mnc><10-digit msin>."""
+    return f"imsi-{PLMN}{FIRST_MSIN + n - 1:010d}"
+
+
+def ue_ipv4(n: int) -> str:
+    """Address the sim's SMF gives the n-th UE (n from 1): 10.45.0.2, 10.45.0.3, ..."""
+    host = n + 1
+    return f"10.45.{host // 256}.{host % 256}"

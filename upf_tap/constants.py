@@ -1,0 +1,44 @@
+"""Protocol numbers, well-known ports and tap defaults (one place for all of them)."""
+
+from __future__ import annotations
+
+# 3GPP ports
+GTPU_PORT = 2152          # TS 29.281
+PFCP_PORT = 8805          # TS 29.244
+NGAP_SCTP_PORT = 38412    # TS 38.412
+NGAP_PPID = 60
+
+# IP protocol numbers
+IPPROTO_ICMP = 1
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPPROTO_IPV6 = 41
+IPPROTO_ICMPV6 = 58
+IPPROTO_SCTP = 132
+
+# application ports used to pick a dissector (content sniffing covers the rest)
+DNS_PORT = 53
+HTTP_PORTS = frozenset({80, 8000, 8008, 8080, 8081, 8888})
+TLS_PORTS = frozenset({443, 8443, 853, 993, 995, 465, 5061, 8883})
+QUIC_PORTS = frozenset({443, 8443, 4433})
+MQTT_PORTS = frozenset({1883})
+COAP_PORTS = frozenset({5683})
+
+# GTP-U message types (TS 29.281 §6.1)
+GTPU_ECHO_REQUEST = 1
+GTPU_ECHO_RESPONSE = 2
+GTPU_ERROR_INDICATION = 26
+GTPU_SUPPORTED_EXT_HEADERS = 31
+GTPU_END_MARKER = 254
+GTPU_GPDU = 255
+GTPU_EXT_PDU_SESSION_CONTAINER = 0x85
+
+# tap defaults
+DEFAULT_TAP_ID = "upf1"
+DEFAULT_STREAM_DEPTH = 16 * 1024      # bytes inspected per TCP direction (like Suricata's stream.depth)
+DEFAULT_MAX_FLOWS = 262_144
+DEFAULT_FLOW_IDLE_TIMEOUT = 120.0     # seconds without a packet
+DEFAULT_FLOW_HARD_TIMEOUT = 3600.0    # seconds since the first packet
+DEFAULT_MAX_FRAGMENT_SETS = 4096      # IP reassembly buffers kept at once
+FRAGMENT_TIMEOUT = 30.0               # seconds (RFC 791 suggests up to 15 s to 2 min)
+MAX_OOO_SEGMENTS = 64                 # out-of-order segments held per TCP direction
