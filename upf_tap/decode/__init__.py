@@ -1,0 +1,1 @@
+"""Packet decoding below the application layer: link, IP (with reassembly), GTP-U."""

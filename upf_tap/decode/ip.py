@@ -1,0 +1,128 @@
+"""IP-layer helpers: address formatting, IPv6 extension headers, fragment reassembly."""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from typing import Any
+
+# IPv6 extension headers the decoder walks over (RFC 8200 §4); 44 (fragment) is handled apart.
+IPV6_EXT_HEADERS = frozenset({0, 43, 60, 51, 135, 139, 140})
+IPV6_FRAGMENT = 44
+IPV6_NO_NEXT = 59
+MAX_DATAGRAM = 65535 + 40
+
+_ntop = socket.inet_ntop
+_AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
+
+
+def ip4(raw: bytes) -> str:
+    return _ntop(_AF_INET, raw)
+
+
+def ip6(raw: bytes) -> str:
+    return _ntop(_AF_INET6, raw)
+
+
+def ip_str(raw: bytes) -> str:
+    return _ntop(_AF_INET if len(raw) == 4 else _AF_INET6, raw)
+
+
+def walk_ipv6_ext(data: bytes, nxt: int, off: int, end: int) -> tuple[int, int, tuple[int, int, int] | None]:
+    """Skip IPv6 extension headers from ``off``.
+
+    Returns (upper-layer protocol, its offset, fragment info or None); fragment info is
+    (fragment offset in bytes, more-fragments flag, identification). Protocol -1 means the
+    chain was truncated or malformed.
+    """
+    frag = None
+    while True:
+        if nxt in IPV6_EXT_HEADERS:
+            if off + 2 > end:
+                return -1, off, frag
+            hlen = (data[off + 1] + 2) * 4 if nxt == 51 else (data[off + 1] + 1) * 8
+            nxt = data[off]
+            off += hlen
+        elif nxt == IPV6_FRAGMENT:
+            if off + 8 > end:
+                return -1, off, frag
+            fo = int.from_bytes(data[off + 2 : off + 4], "big")
+            ident = int.from_bytes(data[off + 4 : off + 8], "big")
+            frag = (fo & 0xFFF8, fo & 1, ident)
+            nxt = data[off]
+            off += 8
+        else:
+            return (nxt, off, frag) if off <= end else (-1, off, frag)
+
+
+class FragmentReassembler:
+    """Reassembles IP datagrams from fragments (IPv4 and IPv6), bounded in sets and time.
+
+    Keyed by (src, dst, protocol, identification) as RFC 791/8200 say. Overlapping
+    fragments are accepted first-come (later copies of the same bytes are ignored), which
+    is also what most stacks do today.
+    """
+
+    __slots__ = ("_sets", "max_sets", "name", "stats", "timeout_ns")
+
+    def __init__(self, stats: Counter[str], name: str, max_sets: int, timeout_s: float) -> None:
+        self._sets: dict[Any, list[Any]] = {}
+        self.stats = stats
+        self.name = name
+        self.max_sets = max_sets
+        self.timeout_ns = int(timeout_s * 1e9)
+
+    def add(self, key: Any, ts_ns: int, offset: int, more: bool, payload: bytes) -> bytes | None:
+        """Add one fragment's payload; return the whole upper-layer payload when complete."""
+        st = self.stats
+        entry = self._sets.get(key)
+        if entry is None:
+            self._expire(ts_ns)
+            if len(self._sets) >= self.max_sets:
+                self._sets.pop(next(iter(self._sets)))
+                st[f"{self.name}.evicted"] += 1
+            entry = [ts_ns, -1, []]  # first seen, total length (-1 unknown), [(offset, bytes)]
+            self._sets[key] = entry
+        end = offset + len(payload)
+        if end > MAX_DATAGRAM:
+            st[f"{self.name}.oversize"] += 1
+            del self._sets[key]
+            return None
+        if not more:
+            entry[1] = end
+        entry[2].append((offset, payload))
+        total = entry[1]
+        if total < 0:
+            return None
+        parts = sorted(entry[2], key=lambda p: p[0])
+        have = 0
+        for off, data in parts:
+            if off > have:
+                return None  # a hole remains
+            have = max(have, off + len(data))
+        if have < total:
+            return None
+        buf = bytearray(total)
+        filled = 0
+        for off, data in parts:
+            if off + len(data) > filled:
+                start = max(off, filled)
+                buf[start : off + len(data)] = data[start - off :]
+                filled = off + len(data)
+        del self._sets[key]
+        st[f"{self.name}.reassembled"] += 1
+        return bytes(buf[:total])
+
+    def _expire(self, now_ns: int) -> None:
+        sets = self._sets
+        limit = now_ns - self.timeout_ns
+        while sets:
+            k = next(iter(sets))
+            if sets[k][0] >= limit:
+                break
+            del sets[k]
+            self.stats[f"{self.name}.timeout"] += 1
+
+    def __len__(self) -> int:
+        return len(self._sets)

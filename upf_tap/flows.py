@@ -1,0 +1,117 @@
+"""The bidirectional flow table: UE + 5-tuple, idle/hard timeouts, LRU cap.
+
+Each flow is reachable from both directional keys (source then destination address and
+port bytes, exactly as they stand in the packet), so the per-packet lookup is one dict
+access with no normalisation. Keys live in one dict per transport protocol.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+from upf_tap.tcp_stream import StreamDirection
+
+
+class Flow:
+    """One bidirectional flow. Direction 0 is the direction of the first packet seen."""
+
+    __slots__ = (
+        "addrs", "first_ns", "key0", "key1", "last_ns", "octets", "pkts", "proto",
+        "state", "streams", "table", "ue_ip", "ue_is_src0",
+    )
+
+    def __init__(self, table: dict[bytes, tuple[Flow, int]], key0: bytes, key1: bytes, proto: str,
+                 addrs: tuple[str, str, int, int], ue_is_src0: bool, ts_ns: int) -> None:
+        self.table = table
+        self.key0 = key0
+        self.key1 = key1
+        self.proto = proto
+        self.addrs = addrs            # (src, dst, sport, dport) of direction 0
+        self.ue_is_src0 = ue_is_src0
+        self.ue_ip = addrs[0] if ue_is_src0 else addrs[1]
+        self.first_ns = ts_ns
+        self.last_ns = ts_ns
+        self.pkts = [0, 0]
+        self.octets = [0, 0]
+        self.streams: list[StreamDirection | None] = [None, None]
+        self.state: list[object] = [None, None]  # per-direction dissector state (e.g. QUIC assembly)
+
+    def direction(self, idx: int) -> str:
+        """'ul' when direction ``idx`` goes from the UE, else 'dl'."""
+        return "ul" if (idx == 0) == self.ue_is_src0 else "dl"
+
+    def flow_fields(self, idx: int) -> dict[str, object]:
+        src, dst, sport, dport = self.addrs
+        if idx:
+            src, dst, sport, dport = dst, src, dport, sport
+        d: dict[str, object] = {"proto": self.proto, "src": src, "dst": dst}
+        if self.proto in ("tcp", "udp", "sctp"):
+            d["sport"] = sport
+            d["dport"] = dport
+        return d
+
+
+class FlowTable:
+    """Flows by directional key, with LRU order for eviction and idle expiry."""
+
+    __slots__ = ("by_proto", "hard_ns", "idle_ns", "lru", "max_flows", "on_end")
+
+    def __init__(self, max_flows: int, idle_s: float, hard_s: float,
+                 on_end: Callable[[Flow, int, str], None]) -> None:
+        self.by_proto: dict[int, dict[bytes, tuple[Flow, int]]] = {}
+        self.lru: OrderedDict[bytes, Flow] = OrderedDict()  # key0 -> flow, least recent first
+        self.max_flows = max_flows
+        self.idle_ns = int(idle_s * 1e9)
+        self.hard_ns = int(hard_s * 1e9)
+        self.on_end = on_end
+
+    def table(self, proto: int) -> dict[bytes, tuple[Flow, int]]:
+        t = self.by_proto.get(proto)
+        if t is None:
+            t = self.by_proto[proto] = {}
+        return t
+
+    def add(self, flow: Flow, ts_ns: int) -> None:
+        lru = self.lru
+        if len(lru) >= self.max_flows:
+            _, old = next(iter(lru.items()))
+            self.end(old, ts_ns, "evicted")
+        flow.table[flow.key0] = (flow, 0)
+        flow.table[flow.key1] = (flow, 1)
+        lru[flow.key0] = flow
+
+    def end(self, flow: Flow, ts_ns: int, reason: str) -> None:
+        t = flow.table
+        t.pop(flow.key0, None)
+        t.pop(flow.key1, None)
+        self.lru.pop(flow.key0, None)
+        self.on_end(flow, ts_ns, reason)
+
+    def expire(self, now_ns: int, hard: bool) -> None:
+        """End flows idle past the timeout; with ``hard``, also those older than the hard timeout.
+
+        The idle scan stops at the first recent flow (LRU order); the hard scan walks every
+        flow, so the caller runs it less often.
+        """
+        lru = self.lru
+        idle_limit = now_ns - self.idle_ns
+        hard_limit = now_ns - self.hard_ns
+        stale = []
+        for flow in lru.values():
+            if flow.last_ns >= idle_limit:
+                break
+            stale.append(flow)
+        for flow in stale:
+            self.end(flow, now_ns, "idle")
+        if hard and self.hard_ns:
+            old = [f for f in lru.values() if f.first_ns < hard_limit]
+            for flow in old:
+                self.end(flow, now_ns, "hard_timeout")
+
+    def end_all(self, now_ns: int) -> None:
+        for flow in list(self.lru.values()):
+            self.end(flow, now_ns, "end_of_input")
+
+    def __len__(self) -> int:
+        return len(self.lru)

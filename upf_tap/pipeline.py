@@ -1,0 +1,590 @@
+"""The tap pipeline: captured frames in, AppEvents out.
+
+Link → outer IP (fragments reassembled) → UDP → GTP-U (N3) or plain IP (N6) → inner IP
+(fragments reassembled) → flow table → TCP reassembly or datagram → dissectors. PFCP and
+SCTP/NGAP packets go to the control plane, which enriches user-plane events with the
+subscriber's identity.
+
+The per-packet path is written for speed: frames are handled as ``bytes`` with
+``struct.unpack_from``; no object is made per packet except the flow key; dicts for the
+event are built only when an event is emitted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from testbed.constants import UE_POOLS
+from upf_tap.constants import (
+    COAP_PORTS,
+    DEFAULT_FLOW_HARD_TIMEOUT,
+    DEFAULT_FLOW_IDLE_TIMEOUT,
+    DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_FRAGMENT_SETS,
+    DEFAULT_STREAM_DEPTH,
+    DEFAULT_TAP_ID,
+    DNS_PORT,
+    FRAGMENT_TIMEOUT,
+    GTPU_ECHO_REQUEST,
+    GTPU_ECHO_RESPONSE,
+    GTPU_END_MARKER,
+    GTPU_ERROR_INDICATION,
+    GTPU_GPDU,
+    GTPU_PORT,
+    GTPU_SUPPORTED_EXT_HEADERS,
+    HTTP_PORTS,
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    MQTT_PORTS,
+    PFCP_PORT,
+    QUIC_PORTS,
+    TLS_PORTS,
+)
+from upf_tap.decode.gtpu import BAD_REASONS, PDU_TYPE_DL, PDU_TYPE_UL, parse_gtpu
+from upf_tap.decode.ip import FragmentReassembler, ip_str, walk_ipv6_ext
+from upf_tap.decode.link import LINKTYPE_ETHERNET, ip_offset
+from upf_tap.dissect import Malformed, coap, dns, http, icmp, mqtt, quic, tls
+from upf_tap.events import AppEvent, make_event
+from upf_tap.flows import Flow, FlowTable
+from upf_tap.tcp_stream import StreamDirection
+
+_ipv4_hdr = struct.Struct("!BBHHHBBH4s4s").unpack_from
+_ports = struct.Struct("!HH").unpack_from
+_tcp_hdr = struct.Struct("!HHIIBB").unpack_from  # ports, seq, ack, data offset, flags
+# Ethernet(type) IPv4(vihl, frag, proto) UDP(ports) GTP-U(flags, type, length, next ext) ext(len)
+# inner IPv4(vihl, total, frag, proto, src+dst) TCP(flags): the common N3 frame in one call.
+_fast_n3 = struct.Struct("!12xHB5xHxB10xHH4xBBH7xBB2xBBxH2xHxB2x8s12xBB").unpack_from
+
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_ACK = 0x10
+
+GTPU_COUNTED = {
+    GTPU_ECHO_REQUEST: "gtpu.echo_request",
+    GTPU_ECHO_RESPONSE: "gtpu.echo_response",
+    GTPU_ERROR_INDICATION: "gtpu.error_indication",
+    GTPU_END_MARKER: "gtpu.end_marker",
+    GTPU_SUPPORTED_EXT_HEADERS: "gtpu.supported_ext_headers",
+}
+PROTO_NAMES = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMP: "icmp",
+               IPPROTO_ICMPV6: "icmpv6", IPPROTO_SCTP: "sctp"}
+STREAM_SNIFFERS: tuple[tuple[str, ModuleType], ...] = (("http", http), ("tls", tls), ("mqtt", mqtt))
+EXPIRY_EVERY_NS = 1_000_000_000
+LRU_TOUCH_NS = 1_000_000_000  # the LRU order is kept to this precision (saves a move per packet)
+HARD_EXPIRY_EVERY_NS = 30_000_000_000
+
+# Tunnel context of the packet being decoded: outer src, outer dst (raw), TEID, QFI, PDU type.
+Tunnel = tuple[bytes, bytes, int, int, int]
+
+
+@dataclass
+class TapConfig:
+    """How the tap decodes; every field has a default that suits a UPF's N3 interface."""
+
+    point: str = "n3"
+    tap_id: str = DEFAULT_TAP_ID
+    gtpu_ports: tuple[int, ...] = (GTPU_PORT,)
+    ue_pools: tuple[str, ...] = UE_POOLS
+    flows: bool = False
+    stream_depth: int = DEFAULT_STREAM_DEPTH
+    max_flows: int = DEFAULT_MAX_FLOWS
+    idle_timeout: float = DEFAULT_FLOW_IDLE_TIMEOUT
+    hard_timeout: float = DEFAULT_FLOW_HARD_TIMEOUT
+    max_fragment_sets: int = DEFAULT_MAX_FRAGMENT_SETS
+    identity_file: str | None = None
+    control_plane: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _stream_dissector(dport: int, first: bytes) -> tuple[str, ModuleType | None]:
+    """Pick a stream dissector by the service port, else by the first bytes."""
+    if dport in HTTP_PORTS:
+        return "http", http
+    if dport in TLS_PORTS:
+        return "tls", tls
+    if dport in MQTT_PORTS:
+        return "mqtt", mqtt
+    if dport == DNS_PORT:
+        return "dns", dns
+    for name, mod in STREAM_SNIFFERS:
+        if mod.looks_like(first):
+            return name, mod
+    return "", None
+
+
+class Tap:
+    """Decode frames and emit AppEvents through ``emit``.
+
+    Lifecycle: construct, ``feed`` every frame in capture order, ``finish`` at the end.
+    """
+
+    def __init__(self, config: TapConfig, emit: Callable[[AppEvent], None]) -> None:
+        self.cfg = config
+        self.emit = emit
+        self.stats: Counter[str] = Counter()
+        self.packets = 0
+        self.octets = 0
+        self.n6 = config.point == "n6"
+        self.gtpu_ports = frozenset(config.gtpu_ports)
+        self.depth = config.stream_depth
+        self.pools = [ipaddress.ip_network(p, strict=False) for p in config.ue_pools]
+        self.outer_frags = FragmentReassembler(self.stats, "ip.outer_frag", config.max_fragment_sets,
+                                               FRAGMENT_TIMEOUT)
+        self.inner_frags = FragmentReassembler(self.stats, "ip.inner_frag", config.max_fragment_sets,
+                                               FRAGMENT_TIMEOUT)
+        self.flows = FlowTable(config.max_flows, config.idle_timeout, config.hard_timeout, self._flow_ended)
+        self.tcp_flows = self.flows.table(IPPROTO_TCP)
+        self.udp_flows = self.flows.table(IPPROTO_UDP)
+        self.next_expiry = 0
+        self.next_hard_expiry = 0
+        self.last_ns = 0
+        self._seq = 0
+        self.control: Any = None
+        if config.control_plane:
+            from upf_tap.control.correlator import ControlPlane
+
+            self.control = ControlPlane(config.tap_id, emit, self.stats, config.identity_file)
+
+    # ------------------------------------------------------------------ outer layers
+    def feed(self, ts_ns: int, linktype: int, frame: bytes | memoryview) -> None:
+        """Decode one captured frame."""
+        if type(frame) is not bytes:
+            frame = bytes(frame)
+        self.packets += 1
+        self.octets += len(frame)
+        if ts_ns >= self.next_expiry:
+            self._expire(ts_ns)
+        self.last_ns = ts_ns
+        self.feed_at(ts_ns, linktype, frame, 0, len(frame))
+
+    def consume(self, packets: Iterable[tuple[int, int, bytes | memoryview]]) -> None:
+        """Decode many frames: the same as ``feed`` on each, with a fast path inlined.
+
+        The bulk of N3 traffic is Ethernet/IPv4/UDP/GTP-U (one PDU Session Container)/IPv4/TCP
+        on a flow whose inspection is over, or a bare ACK: one ``unpack_from`` and one dict
+        lookup decide it, with every name local. Anything else takes ``feed_at``.
+        """
+        fast = _fast_n3
+        flows_get = self.tcp_flows.get
+        lru_touch = self.flows.lru.move_to_end
+        gtpu_ports = self.gtpu_ports
+        slow = self.feed_at
+        use_fast = not self.n6
+        next_expiry = self.next_expiry
+        npk = nbytes = 0
+        ts_ns = self.last_ns
+        try:
+            for ts_ns, linktype, frame in packets:
+                data = frame if type(frame) is bytes else bytes(frame)
+                end = len(data)
+                npk += 1
+                nbytes += end
+                if ts_ns >= next_expiry:
+                    self._expire(ts_ns)
+                    next_expiry = self.next_expiry
+                if use_fast and linktype == 1 and end >= 98:
+                    (etype, vihl, frag, proto, sport, dport, gflags, gtype, glen, nxt, elen, nxt2,
+                     ivihl, itot, ifrag, iproto, addrs, doff, tflags) = fast(data)
+                    if (etype == 0x0800 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF
+                            and gflags == 0x34 and gtype == 255 and nxt == 0x85 and elen == 1 and nxt2 == 0
+                            and ivihl == 0x45 and iproto == 6 and not ifrag & 0x3FFF
+                            and not tflags & 0x07 and 50 + glen <= end and itot >= 40
+                            and (dport in gtpu_ports or sport in gtpu_ports)):
+                        hit = flows_get(addrs + data[78:82])
+                        if hit is not None:
+                            flow, idx = hit
+                            sd = flow.streams[idx]
+                            # nothing to inspect: the direction is done, or a bare ACK
+                            if (sd is not None and sd.done) or itot == 20 + (doff >> 4) * 4:
+                                if ts_ns - flow.last_ns > LRU_TOUCH_NS:
+                                    lru_touch(flow.key0)
+                                flow.last_ns = ts_ns
+                                flow.pkts[idx] += 1
+                                flow.octets[idx] += itot - 20
+                                continue
+                self.last_ns = ts_ns
+                slow(ts_ns, linktype, data, 0, end)
+        finally:
+            self.packets += npk
+            self.octets += nbytes
+            self.last_ns = ts_ns
+
+    def feed_at(self, ts_ns: int, linktype: int, data: bytes, off: int, end: int) -> None:
+        """Decode the frame at ``data[off:end]`` the general way (counting is the caller's)."""
+        self._seq = 0
+        if linktype == LINKTYPE_ETHERNET and data[off + 12 : off + 14] == b"\x08\x00":
+            version, ip = 4, off + 14
+        else:
+            version, ip = ip_offset(linktype, data[off:end] if off else data)
+            if not version:
+                self.stats[ip] += 1  # type: ignore[index]
+                return
+            ip += off  # type: ignore[operator]
+        if self.n6:
+            self._user_ip(ts_ns, data, ip, end, version, None)  # type: ignore[arg-type]
+        else:
+            self._outer_ip(ts_ns, data, ip, end, version)  # type: ignore[arg-type]
+
+    def _outer_ip(self, ts_ns: int, data: bytes, off: int, end: int, version: int) -> None:
+        if version == 4:
+            if end - off < 20:
+                self.stats["ip.truncated"] += 1
+                return
+            vihl, _tos, tot, ident, frag, _ttl, proto, _csum, src, dst = _ipv4_hdr(data, off)
+            ihl = (vihl & 0x0F) * 4
+            if vihl >> 4 != 4 or ihl < 20 or tot < ihl:
+                self.stats["ip.bad_header"] += 1
+                return
+            if off + tot < end:
+                end = off + tot  # Ethernet padding
+            elif off + tot > end:
+                self.stats["ip.truncated"] += 1
+            l4 = off + ihl
+            if frag & 0x3FFF:
+                whole = self.outer_frags.add((src, dst, proto, ident), ts_ns, (frag & 0x1FFF) * 8,
+                                             bool(frag & 0x2000), data[l4:end])
+                if whole is None:
+                    return
+                data, l4, end = whole, 0, len(whole)
+        elif version == 6:
+            if end - off < 40:
+                self.stats["ip.truncated"] += 1
+                return
+            plen = int.from_bytes(data[off + 4 : off + 6], "big")
+            if off + 40 + plen < end:
+                end = off + 40 + plen
+            src = data[off + 8 : off + 24]
+            dst = data[off + 24 : off + 40]
+            proto, l4, fraginfo = walk_ipv6_ext(data, data[off + 6], off + 40, end)
+            if proto < 0:
+                self.stats["ip.bad_ext_header"] += 1
+                return
+            if fraginfo is not None:
+                whole = self.outer_frags.add((src, dst, proto, fraginfo[2]), ts_ns, fraginfo[0],
+                                             bool(fraginfo[1]), data[l4:end])
+                if whole is None:
+                    return
+                data, l4, end = whole, 0, len(whole)
+        else:
+            self.stats["ip.bad_version"] += 1
+            return
+
+        if proto == IPPROTO_UDP:
+            if end - l4 < 8:
+                self.stats["udp.truncated"] += 1
+                return
+            sport, dport = _ports(data, l4)
+            gtpu = self.gtpu_ports
+            if dport in gtpu or sport in gtpu:
+                self._gtpu(ts_ns, data, l4 + 8, end, src, dst)
+            elif (dport == PFCP_PORT or sport == PFCP_PORT) and self.control is not None:
+                self.control.on_pfcp(ts_ns, ip_str(src), sport, ip_str(dst), dport, data[l4 + 8 : end])
+            else:
+                self.stats["outer.other_udp"] += 1
+        elif proto == IPPROTO_SCTP and self.control is not None:
+            self.control.on_sctp(ts_ns, ip_str(src), ip_str(dst), data[l4:end])
+        else:
+            self.stats["outer.other"] += 1
+
+    def _gtpu(self, ts_ns: int, data: bytes, off: int, end: int, osrc: bytes, odst: bytes) -> None:
+        mtype, teid, qfi, pdu_type, p, pend = parse_gtpu(data, off, end)
+        if mtype != GTPU_GPDU:
+            if mtype < 0:
+                self.stats[BAD_REASONS[mtype]] += 1
+            else:
+                self.stats[GTPU_COUNTED.get(mtype, "gtpu.other_message")] += 1
+            return
+        if pend - p < 1:
+            self.stats["gtpu.empty"] += 1
+            return
+        version = data[p] >> 4
+        if version != 4 and version != 6:
+            self.stats["gtpu.not_ip"] += 1
+            return
+        self._user_ip(ts_ns, data, p, pend, version, (osrc, odst, teid, qfi, pdu_type))
+
+    # ------------------------------------------------------------------ user plane
+    def _user_ip(self, ts_ns: int, data: bytes, off: int, end: int, version: int,
+                 tun: Tunnel | None) -> None:
+        if version == 4:
+            if end - off < 20:
+                self.stats["inner.truncated"] += 1
+                return
+            vihl, _tos, tot, ident, frag, _ttl, proto, _csum, src, dst = _ipv4_hdr(data, off)
+            ihl = (vihl & 0x0F) * 4
+            if ihl < 20 or tot < ihl:
+                self.stats["inner.bad_header"] += 1
+                return
+            if off + tot < end:
+                end = off + tot
+            l4 = off + ihl
+            if frag & 0x3FFF:
+                whole = self.inner_frags.add((src, dst, proto, ident), ts_ns, (frag & 0x1FFF) * 8,
+                                             bool(frag & 0x2000), data[l4:end])
+                if whole is None:
+                    return
+                data, l4, end = whole, 0, len(whole)
+        else:
+            if end - off < 40:
+                self.stats["inner.truncated"] += 1
+                return
+            plen = int.from_bytes(data[off + 4 : off + 6], "big")
+            if off + 40 + plen < end:
+                end = off + 40 + plen
+            src = data[off + 8 : off + 24]
+            dst = data[off + 24 : off + 40]
+            proto, l4, fraginfo = walk_ipv6_ext(data, data[off + 6], off + 40, end)
+            if proto < 0:
+                self.stats["inner.bad_ext_header"] += 1
+                return
+            if fraginfo is not None:
+                whole = self.inner_frags.add((src, dst, proto, fraginfo[2]), ts_ns, fraginfo[0],
+                                             bool(fraginfo[1]), data[l4:end])
+                if whole is None:
+                    return
+                data, l4, end = whole, 0, len(whole)
+
+        if proto == IPPROTO_TCP:
+            self._tcp(ts_ns, data, l4, end, src, dst, tun)
+        elif proto == IPPROTO_UDP:
+            self._udp(ts_ns, data, l4, end, src, dst, tun)
+        elif proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
+            self._icmp(ts_ns, data, l4, end, src, dst, proto, tun)
+        else:
+            self.stats["inner.other_proto"] += 1
+
+    def _ue_is_src(self, src: bytes, dst: bytes, tun: Tunnel | None, client_is_src: bool | None) -> bool:
+        """Which end is the UE, for a new flow."""
+        if tun is not None:
+            if tun[4] == PDU_TYPE_UL:
+                return True
+            if tun[4] == PDU_TYPE_DL:
+                return False
+        s = ipaddress.ip_address(src)
+        d = ipaddress.ip_address(dst)
+        s_in = any(s in p for p in self.pools)
+        d_in = any(d in p for p in self.pools)
+        if s_in != d_in:
+            return s_in
+        if client_is_src is not None:
+            return client_is_src  # UEs open connections far more often than they accept them
+        return True
+
+    def _new_flow(self, ts_ns: int, table: dict[bytes, tuple[Flow, int]], key: bytes, rkey: bytes,
+                  proto: int, src: bytes, dst: bytes, sport: int, dport: int, tun: Tunnel | None,
+                  client_is_src: bool | None) -> Flow:
+        flow = Flow(table, key, rkey, PROTO_NAMES.get(proto, "other"),
+                    (ip_str(src), ip_str(dst), sport, dport),
+                    self._ue_is_src(src, dst, tun, client_is_src), ts_ns)
+        self.flows.add(flow, ts_ns)
+        self.stats["flows.created"] += 1
+        if self.cfg.flows:
+            self._emit("flow.start", ts_ns, flow, 0, tun, {})
+        return flow
+
+    def _tcp(self, ts_ns: int, data: bytes, l4: int, end: int, src: bytes, dst: bytes,
+             tun: Tunnel | None) -> None:
+        if end - l4 < 20:
+            self.stats["tcp.truncated"] += 1
+            return
+        sport, dport, seq, _ack, doff, flags = _tcp_hdr(data, l4)
+        hlen = (doff >> 4) * 4
+        if hlen < 20 or l4 + hlen > end:
+            self.stats["tcp.bad_header"] += 1
+            return
+        key = src + dst + data[l4 : l4 + 4]
+        hit = self.tcp_flows.get(key)
+        plen = end - l4 - hlen
+        if hit is None:
+            if not flags & TCP_SYN and not plen:
+                self.stats["tcp.stray"] += 1  # e.g. the last ACK after a close: no flow to start
+                return
+            rkey = dst + src + data[l4 + 2 : l4 + 4] + data[l4 : l4 + 2]
+            client = (not flags & TCP_ACK) if flags & TCP_SYN else None
+            flow = self._new_flow(ts_ns, self.tcp_flows, key, rkey, IPPROTO_TCP, src, dst, sport, dport,
+                                  tun, client)
+            idx = 0
+        else:
+            flow, idx = hit
+            if ts_ns - flow.last_ns > LRU_TOUCH_NS:
+                self.flows.lru.move_to_end(flow.key0)
+        flow.last_ns = ts_ns
+        flow.pkts[idx] += 1
+        flow.octets[idx] += end - l4
+        sd = flow.streams[idx]
+        if sd is None:
+            sd = flow.streams[idx] = StreamDirection()
+        if not sd.done:
+            if flags & TCP_SYN:
+                sd.isn = (seq + 1) & 0xFFFFFFFF
+            elif plen:
+                if sd.isn < 0:
+                    sd.isn = seq
+                if sd.add_segment(seq, data[l4 + hlen : end], self.depth, self.stats):
+                    if not sd.name:
+                        sd.name, sd.dissector = _stream_dissector(dport, bytes(sd.buf[:16]))
+                        if sd.dissector is None:
+                            sd.finish()
+                    if not sd.done:
+                        for kind, app in sd.run(self.depth, self.stats):
+                            self._emit(kind, ts_ns, flow, idx, tun, app)
+        if flags & (TCP_FIN | TCP_RST):
+            # The stream stays open for late segments until both sides have closed.
+            flow.state[idx] = True
+            if flags & TCP_RST or flow.state[1 - idx] is True:
+                self.flows.end(flow, ts_ns, "closed")
+
+    def _udp(self, ts_ns: int, data: bytes, l4: int, end: int, src: bytes, dst: bytes,
+             tun: Tunnel | None) -> None:
+        if end - l4 < 8:
+            self.stats["udp.truncated"] += 1
+            return
+        key = src + dst + data[l4 : l4 + 4]
+        hit = self.udp_flows.get(key)
+        sport, dport = _ports(data, l4)
+        if hit is None:
+            rkey = dst + src + data[l4 + 2 : l4 + 4] + data[l4 : l4 + 2]
+            client = True if dport in (DNS_PORT, *QUIC_PORTS, *COAP_PORTS) else None
+            flow = self._new_flow(ts_ns, self.udp_flows, key, rkey, IPPROTO_UDP, src, dst, sport, dport,
+                                  tun, client)
+            idx = 0
+        else:
+            flow, idx = hit
+            if ts_ns - flow.last_ns > LRU_TOUCH_NS:
+                self.flows.lru.move_to_end(flow.key0)
+        flow.last_ns = ts_ns
+        flow.pkts[idx] += 1
+        flow.octets[idx] += end - l4
+        if dport == DNS_PORT:
+            self._datagram("dns", dns, ts_ns, flow, idx, tun, data[l4 + 8 : end])
+        elif dport in QUIC_PORTS:
+            self._quic(ts_ns, flow, idx, tun, data[l4 + 8 : end])
+        elif dport in COAP_PORTS:
+            self._datagram("coap", coap, ts_ns, flow, idx, tun, data[l4 + 8 : end])
+
+    def _datagram(self, name: str, mod: ModuleType, ts_ns: int, flow: Flow, idx: int,
+                  tun: Tunnel | None, payload: bytes) -> None:
+        try:
+            found = mod.dissect_datagram(payload)
+        except Malformed:
+            self.stats[f"{name}.malformed"] += 1
+            return
+        for kind, app in found:
+            self._emit(kind, ts_ns, flow, idx, tun, app)
+
+    def _quic(self, ts_ns: int, flow: Flow, idx: int, tun: Tunnel | None, payload: bytes) -> None:
+        state = flow.state[idx]
+        if state is False:
+            return  # this direction is done
+        if state is None:
+            state = flow.state[idx] = quic.QuicInitialAssembler()
+        try:
+            found, done = state.feed(payload)
+        except Malformed:
+            self.stats["quic.malformed"] += 1
+            flow.state[idx] = False
+            return
+        if done:
+            flow.state[idx] = False
+        for kind, app in found:
+            self._emit(kind, ts_ns, flow, idx, tun, app)
+
+    def _icmp(self, ts_ns: int, data: bytes, l4: int, end: int, src: bytes, dst: bytes, proto: int,
+              tun: Tunnel | None) -> None:
+        if end - l4 < 4:
+            self.stats["icmp.truncated"] += 1
+            return
+        # ICMP "flows" are keyed by the addresses and the echo identifier
+        table = self.flows.table(proto)
+        ident = data[l4 + 4 : l4 + 6] if end - l4 >= 6 else b"\0\0"
+        key = src + dst + ident
+        hit = table.get(key)
+        if hit is None:
+            t = data[l4]
+            client = True if t in (8, 128) else (False if t in (0, 129) else None)
+            flow = self._new_flow(ts_ns, table, key, dst + src + ident, proto, src, dst, 0, 0, tun, client)
+            idx = 0
+        else:
+            flow, idx = hit
+            if ts_ns - flow.last_ns > LRU_TOUCH_NS:
+                self.flows.lru.move_to_end(flow.key0)
+        flow.last_ns = ts_ns
+        flow.pkts[idx] += 1
+        flow.octets[idx] += end - l4
+        try:
+            found = icmp.dissect_icmp(data[l4:end], proto == IPPROTO_ICMPV6)
+        except Malformed:
+            self.stats["icmp.malformed"] += 1
+            return
+        for kind, app in found:
+            self._emit(kind, ts_ns, flow, idx, tun, app)
+
+    # ------------------------------------------------------------------ events
+    def _emit(self, kind: str, ts_ns: int, flow: Flow, idx: int, tun: Tunnel | None,
+              app: dict[str, Any]) -> None:
+        ue: dict[str, Any] = {"ip": flow.ue_ip}
+        tunnel = None
+        known = None
+        if tun is not None:
+            osrc, odst, teid, qfi, _pdu = tun
+            ue["teid"] = teid
+            tunnel = {"src": ip_str(osrc), "dst": ip_str(odst), "teid": teid}
+            if qfi >= 0:
+                ue["qfi"] = qfi
+                tunnel["qfi"] = qfi
+            if self.control is not None:
+                known = self.control.ue_for_teid(teid, tunnel["dst"])
+        if known is None and self.control is not None:
+            known = self.control.ue_for_ip(flow.ue_ip)
+        if known:
+            for k, v in known.items():
+                if v is not None and k not in ue:
+                    ue[k] = v
+        ev = make_event(kind, ts_ns, self.cfg.point, self.cfg.tap_id, direction=flow.direction(idx),
+                        ue=ue, flow=flow.flow_fields(idx), tunnel=tunnel, app=app, seq=self._seq)
+        self._seq += 1
+        self.stats[f"events.{kind}"] += 1
+        self.emit(ev)
+
+    def _flow_ended(self, flow: Flow, ts_ns: int, reason: str) -> None:
+        self.stats[f"flows.ended.{reason}"] += 1
+        if self.cfg.flows:
+            self._emit("flow.end", ts_ns, flow, 0, None, {
+                "packets_ul": flow.pkts[0 if flow.ue_is_src0 else 1],
+                "packets_dl": flow.pkts[1 if flow.ue_is_src0 else 0],
+                "bytes_ul": flow.octets[0 if flow.ue_is_src0 else 1],
+                "bytes_dl": flow.octets[1 if flow.ue_is_src0 else 0],
+                "duration": round((flow.last_ns - flow.first_ns) / 1e9, 6),
+                "reason": reason,
+            })
+
+    def _expire(self, ts_ns: int) -> None:
+        hard = ts_ns >= self.next_hard_expiry
+        if self.next_expiry:
+            self.flows.expire(ts_ns, hard)
+        self.next_expiry = ts_ns + EXPIRY_EVERY_NS
+        if hard:
+            self.next_hard_expiry = ts_ns + HARD_EXPIRY_EVERY_NS
+
+    def finish(self) -> None:
+        """End of input: end every flow (flow.end events with --flows) and flush the control plane."""
+        self.flows.end_all(self.last_ns)
+        if self.control is not None:
+            self.control.flush(self.last_ns)
+
+    def counters(self) -> dict[str, int]:
+        out = dict(sorted(self.stats.items()))
+        out["packets"] = self.packets
+        out["bytes"] = self.octets
+        out["flows.active"] = len(self.flows)
+        return out
