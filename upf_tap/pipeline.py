@@ -489,13 +489,13 @@ class Tap:
         if state is None:
             state = flow.state[idx] = quic.QuicInitialAssembler()
         try:
-            found, done = state.feed(payload)
+            found = state.feed(payload)
         except Malformed:
             self.stats["quic.malformed"] += 1
             flow.state[idx] = False
             return
-        if done:
-            flow.state[idx] = False
+        if found:
+            flow.state[idx] = False  # the ClientHello is in: the rest is 1-RTT, opaque
         for kind, app in found:
             self._emit(kind, ts_ns, flow, idx, tun, app)
 

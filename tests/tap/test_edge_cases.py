@@ -176,3 +176,18 @@ def test_idle_timeout_ends_flows(tmp_path: Path) -> None:
     assert stats["flows.ended.idle"] == 1
     kinds = [e["kind"] for e in events]
     assert kinds.index("flow.end") < len(kinds) - 1  # the idle end came before the second flow's events
+
+
+def test_quic_initial_in_gtpu(tmp_path: Path) -> None:
+    """The RFC 9001 Appendix A.2 client Initial, tunnelled: decrypted to its SNI, as tshark does."""
+    hexfile = Path(__file__).resolve().parent.parent / "dissect" / "rfc9001_a2_client_initial.hex"
+    initial = bytes.fromhex(hexfile.read_text().replace("\n", ""))
+    pkt = gen.n3(61, IP(src=UE, dst=gen.APP) / UDP(sport=50000, dport=443) / Raw(initial))
+    path = gen.write(tmp_path / "quic.pcap", [pkt, pkt])  # a retransmitted Initial is not a new event
+    events, _ = decode(path)
+    quic = [e for e in events if e["kind"] == "quic.initial"]
+    assert len(quic) == 1 and quic[0]["app"]["sni"] == "example.com"
+    if TSHARK is None:
+        pytest.skip("tshark not installed")
+    # tshark shows the SNI in both packets; the tap reports the ClientHello once
+    assert set(oracle_events(path)) == set(tap_keys(events)) == {("sni", "example.com")}

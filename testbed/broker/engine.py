@@ -1,0 +1,231 @@
+"""The Broker's data plane: accept an event, fan it out to the matching Triggers.
+
+What Knative's MT channel-based broker does, in one process:
+- ingress: stamps `knativearrivaltime`, manages the TTL (`knativebrokerttl`: set to
+  255 when absent, else decremented; 0 or less is refused with 400), then 202;
+- per Trigger: filter, remove the TTL extension, deliver with the Trigger's `delivery`
+  (or the Broker's when the Trigger has none; the Broker's defaults to retry 10,
+  exponential, PT0.2S), dead-letter on final failure;
+- a reply (a CloudEvent in a 2xx answer other than 202) gets the original TTL and goes
+  back through the ingress, so the decrement stops reply loops; a reply the ingress
+  refuses makes the original event go to the dead-letter sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from testbed.broker.delivery import (
+    DEFAULT_BROKER_DELIVERY,
+    Attempt,
+    Outcome,
+    dead_letter_event,
+    send_with_retries,
+)
+from testbed.broker.events import Event
+from testbed.broker.filters import Filter, passes, trigger_filter
+from testbed.broker.manifests import Broker, DeliverySpec, Destination, Manifests, Trigger
+
+log = logging.getLogger("testbed.broker")
+
+TTL_ATTRIBUTE = "knativebrokerttl"
+DEFAULT_TTL = 255
+ARRIVAL_ATTRIBUTE = "knativearrivaltime"
+HISTORY = 1000  # dispatch records kept for /_local/stats
+
+Resolver = Callable[[Destination], str]
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def next_ttl(event: Event) -> int:
+    """Knative's TTLDefaulter: default when absent or not an integer, else one less (not below 0)."""
+    raw = event.attrs.get(TTL_ATTRIBUTE)
+    if raw is None:
+        return DEFAULT_TTL
+    try:
+        ttl = int(str(raw))
+    except ValueError:
+        return DEFAULT_TTL
+    return max(ttl - 1, 0)
+
+
+@dataclass
+class Dispatch:
+    """What happened to one event at one Trigger."""
+
+    trigger: str
+    event_id: str
+    event_type: str
+    outcome: str                 # delivered | dead-lettered | failed
+    status: int
+    tries: int
+    reply_id: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class _Route:
+    trigger: Trigger
+    flt: Filter
+    url: str
+    delivery: DeliverySpec | None
+    dls_url: str | None
+    structured: bool
+
+
+@dataclass
+class BrokerStats:
+    accepted: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+    dispatches: deque[Dispatch] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+class LocalBroker:
+    """All Brokers of a manifest set; `ingest` is what the HTTP ingress calls."""
+
+    def __init__(self, manifests: Manifests, resolve: Resolver, ingress_url: Callable[[str, str], str]) -> None:
+        self.manifests = manifests
+        self.ingress_url = ingress_url
+        self.stats = BrokerStats()
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._routes: dict[tuple[str, str], list[_Route]] = {key: [] for key in manifests.brokers}
+        for t in manifests.triggers:
+            broker = manifests.brokers[(t.namespace, t.broker)]
+            delivery = t.delivery if t.delivery is not None else _broker_delivery(broker)
+            dls = delivery.dead_letter_sink if delivery else None
+            self._routes[(t.namespace, t.broker)].append(_Route(
+                t, trigger_filter(t), resolve(t.subscriber), delivery,
+                resolve(dls) if dls else None, bool(delivery and delivery.format == "json"),
+            ))
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+
+    async def close(self) -> None:
+        await self.drain()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until every accepted event (and the replies it caused) is fully dispatched."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._tasks:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError("broker still dispatching")
+            await asyncio.wait(set(self._tasks), timeout=left)
+
+    def has_broker(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self.manifests.brokers
+
+    def ingest(self, namespace: str, name: str, event: Event) -> int:
+        """Accept an event into a Broker: 202, or 404 (unknown broker), 400 (TTL exhausted)."""
+        key = (namespace, name)
+        if key not in self.manifests.brokers:
+            self.stats.refused["unknown-broker"] += 1
+            return 404
+        event = event.copy()
+        event.attrs[ARRIVAL_ATTRIBUTE] = _now_rfc3339()
+        ttl = next_ttl(event)
+        event.attrs[TTL_ATTRIBUTE] = str(ttl)
+        if ttl <= 0:
+            self.stats.refused["ttl-exhausted"] += 1
+            log.debug("dropping event %s: TTL exhausted", event.get("id"))
+            return 400
+        self.stats.accepted[f"{namespace}/{name}"] += 1
+        for route in self._routes[key]:
+            self._spawn(self._dispatch(route, event, ttl))
+        return 202
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch(self, route: _Route, event: Event, ttl: int) -> None:
+        if not passes(route.flt, event.attrs):
+            return
+        try:
+            await self._deliver(route, event, ttl)
+        except Exception:  # one bad dispatch must not go unnoticed nor stop the others
+            t = route.trigger
+            log.exception("trigger %s/%s: dispatch of event %s failed", t.namespace, t.name, event.get("id"))
+            self.stats.outcomes["failed"] += 1
+
+    async def _deliver(self, route: _Route, event: Event, ttl: int) -> None:
+        assert self._session is not None, "LocalBroker.start() was not awaited"
+        started = time.monotonic()
+        out = event.copy()
+        out.attrs.pop(TTL_ATTRIBUTE, None)  # the broker's own extension is not for subscribers
+        t = route.trigger
+        outcome = await send_with_retries(self._session, route.url, out, route.delivery, structured=route.structured)
+        failed: Attempt | None = None
+        failed_dest = route.url
+        reply_id = None
+        if outcome.attempt.ok and outcome.attempt.reply is not None:
+            reply = outcome.attempt.reply
+            reply.attrs[TTL_ATTRIBUTE] = str(ttl)
+            reply_id = str(reply.get("id"))
+            code = self.ingest(t.namespace, t.broker, reply)
+            if code != 202:
+                failed = Attempt(code, b"")
+                failed_dest = self.ingress_url(t.namespace, t.broker)
+        elif not outcome.attempt.ok:
+            failed = outcome.attempt
+        result = "delivered"
+        if failed is not None:
+            result = await self._dead_letter(route, out, failed_dest, failed)
+        self._record(t, event, result, outcome, reply_id, time.monotonic() - started)
+
+    async def _dead_letter(self, route: _Route, event: Event, dest: str, failed: Attempt) -> str:
+        t = route.trigger
+        if route.dls_url is None:
+            log.warning("trigger %s/%s: event %s failed (%s) and there is no dead-letter sink",
+                        t.namespace, t.name, event.get("id"), failed.status)
+            return "failed"
+        assert self._session is not None
+        dl = await send_with_retries(self._session, route.dls_url, dead_letter_event(event, dest, failed),
+                                     route.delivery, structured=route.structured)
+        if dl.attempt.ok:
+            return "dead-lettered"
+        log.warning("trigger %s/%s: event %s could not reach the dead-letter sink either (%s)",
+                    t.namespace, t.name, event.get("id"), dl.attempt.status)
+        return "failed"
+
+    def _record(self, t: Trigger, event: Event, result: str, outcome: Outcome, reply_id: str | None,
+                seconds: float) -> None:
+        self.stats.outcomes[result] += 1
+        self.stats.dispatches.append(Dispatch(
+            f"{t.namespace}/{t.name}", str(event.get("id")), str(event.get("type")), result,
+            outcome.attempt.status, outcome.tries, reply_id, seconds,
+        ))
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "accepted": dict(s.accepted),
+            "refused": dict(s.refused),
+            "outcomes": dict(s.outcomes),
+            "in_flight": len(self._tasks),
+            "recent": [d.__dict__ for d in list(s.dispatches)[-50:]],
+        }
+
+
+def _broker_delivery(broker: Broker) -> DeliverySpec:
+    return broker.delivery if broker.delivery is not None else DEFAULT_BROKER_DELIVERY

@@ -1,0 +1,142 @@
+"""The HTTP side of the local broker (aiohttp), as Knative's broker-ingress answers.
+
+- `POST /<namespace>/<broker>`: a CloudEvent in binary or structured mode; 202
+  accepted, 400 not a valid CloudEvent 1.0 (or TTL exhausted), 404 unknown broker;
+  `OPTIONS` 200 with the webhook headers; any other method 405 (Allow: POST, OPTIONS);
+  a path that is not /<namespace>/<broker> is 400 (404 for `/`).
+- `/_fn/<namespace>/<service>/...`: the activator in front of the local functions
+  (the address a Trigger's `ref` to a Knative Service resolves to).
+- `GET /_local/stats`: broker counters, recent dispatches, function cold/warm
+  latencies; `GET /_local/healthz`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from testbed.broker.engine import LocalBroker
+from testbed.broker.events import EventError, parse_http
+from testbed.broker.manifests import Destination, ManifestError, Manifests
+from testbed.broker.runner import FunctionRunner
+
+log = logging.getLogger("testbed.broker")
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+
+BROKER_KEY = web.AppKey("broker", LocalBroker)
+RUNNER_KEY = web.AppKey("runner", FunctionRunner)
+
+
+def _resolver(base_url: str, runner: FunctionRunner) -> Callable[[Destination], str]:
+    def resolve(dest: Destination) -> str:
+        if dest.ref is None:
+            assert dest.uri is not None
+            return dest.uri
+        ref = dest.ref
+        if not runner.can_run(ref.namespace, ref.name):
+            image = runner.unrunnable.get((ref.namespace, ref.name), "?")
+            raise ManifestError(
+                f"Service {ref.namespace}/{ref.name}: image {image!r} is not one of the sample functions "
+                "(…/fn-<name>:<tag> with testbed/functions/<name>.py), so it cannot run locally"
+            )
+        url = f"{base_url}/_fn/{ref.namespace}/{ref.name}"
+        if dest.uri:  # with a ref, uri is a path relative to it
+            url += "/" + dest.uri.lstrip("/")
+        return url
+    return resolve
+
+
+def check_runnable(manifests: Manifests) -> None:
+    """Every Service a Trigger or a dead-letter sink refers to must be a sample function."""
+    runner = FunctionRunner(manifests.services, Path("."))
+    resolve = _resolver("http://check", runner)
+    for t in manifests.triggers:
+        for dest in (t.subscriber, t.delivery.dead_letter_sink if t.delivery else None):
+            if dest is not None:
+                try:
+                    resolve(dest)
+                except ManifestError as exc:
+                    raise ManifestError(f"{t.origin}: Trigger {t.namespace}/{t.name}: {exc}") from None
+    for b in manifests.brokers.values():
+        if b.delivery and b.delivery.dead_letter_sink:
+            try:
+                resolve(b.delivery.dead_letter_sink)
+            except ManifestError as exc:
+                raise ManifestError(f"{b.origin}: Broker {b.namespace}/{b.name}: {exc}") from None
+
+
+def build_app(manifests: Manifests, base_url: str, state_dir: Path, *,
+              idle_override: float | None = None, grace: float | None = None) -> web.Application:
+    """The whole local broker as one aiohttp application listening at `base_url`."""
+    runner = FunctionRunner(manifests.services, state_dir, idle_override=idle_override,
+                            **({"grace": grace} if grace is not None else {}))
+    broker = LocalBroker(manifests, _resolver(base_url.rstrip("/"), runner),
+                         lambda ns, name: f"{base_url.rstrip('/')}/{ns}/{name}")
+    app = web.Application(client_max_size=MAX_EVENT_BYTES)
+    app[BROKER_KEY] = broker
+    app[RUNNER_KEY] = runner
+
+    async def on_startup(app: web.Application) -> None:
+        await broker.start()
+        await runner.start()
+
+    async def on_cleanup(app: web.Application) -> None:
+        await broker.close()
+        await runner.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    app.router.add_get("/_local/healthz", _healthz)
+    app.router.add_get("/_local/stats", _stats)
+    app.router.add_route("*", "/_fn/{namespace}/{name}", runner.handle)
+    app.router.add_route("*", "/_fn/{namespace}/{name}/{tail:.*}", runner.handle)
+    app.router.add_route("*", "/{path:.*}", _ingress)
+    return app
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def _stats(request: web.Request) -> web.Response:
+    stats: dict[str, Any] = {
+        "broker": request.app[BROKER_KEY].snapshot(),
+        "functions": request.app[RUNNER_KEY].snapshot(),
+    }
+    return web.json_response(stats)
+
+
+async def _ingress(request: web.Request) -> web.Response:
+    allow = {"Allow": "POST, OPTIONS"}
+    if request.method == "OPTIONS":
+        return web.Response(status=200, headers={**allow, "WebHook-Allowed-Origin": "*", "WebHook-Allowed-Rate": "*"})
+    if request.method != "POST":
+        return web.Response(status=405, headers=allow)
+    path = request.path.rstrip("/")
+    if path == "":
+        return web.Response(status=404)
+    parts = path.split("/")
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        return web.Response(status=400, text="expected /<namespace>/<broker>\n")
+    namespace, name = parts[1], parts[2]
+    broker = request.app[BROKER_KEY]
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return web.Response(status=413, text="event too large\n")
+    try:
+        event = parse_http(dict(request.headers), body)
+    except EventError as exc:
+        log.debug("refused event: %s", exc)
+        broker.stats.refused["invalid"] += 1
+        return web.Response(status=400, text=f"{exc}\n")
+    status = broker.ingest(namespace, name, event)
+    if status == 404:
+        return web.Response(status=404, text=f"broker {namespace}/{name} not found\n")
+    if status == 400:
+        return web.Response(status=400, text="TTL exhausted\n")
+    return web.Response(status=status)

@@ -1,0 +1,335 @@
+"""QUIC client Initial dissector (datagram): SNI and ALPN from the encrypted ClientHello.
+
+Initial packets are protected with keys anyone can derive from the Destination
+Connection ID (RFC 9001 §5.2), so a passive tap can read the ClientHello: derive the
+client keys with HKDF, remove header protection (AES-ECB mask over a payload sample),
+open the payload (AES-128-GCM), collect CRYPTO frames by offset and hand the
+ClientHello body to :func:`upf_tap.dissect.tls.parse_client_hello`.
+
+``dissect_datagram`` is stateless: it sees only one datagram (with its coalesced
+packets). A ClientHello spread over two Initial packets sent in separate datagrams
+(Chrome's post-quantum key shares) needs :class:`QuicInitialAssembler`, kept per flow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import struct
+from collections import OrderedDict
+from functools import lru_cache
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from upf_tap.dissect import AppFields, Found, Malformed
+from upf_tap.dissect.tls import HS_CLIENT_HELLO, MAX_CLIENT_HELLO, parse_client_hello
+
+KIND = "quic.initial"
+
+V1 = 0x00000001
+V2 = 0x6B3343CF            # RFC 9369
+DRAFT29 = 0xFF00001D
+
+# version -> (initial salt, HKDF label prefix, long-header type of Initial, name)
+_VERSIONS: dict[int, tuple[bytes, bytes, int, str]] = {
+    V1: (bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"), b"quic ", 0, "1"),
+    V2: (bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"), b"quicv2 ", 1, "2"),
+    DRAFT29: (bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899"), b"quic ", 0, "draft-29"),
+}
+# long-header packet types that carry a Length field, per version (Retry has none)
+_RETRY_TYPE = {V1: 3, V2: 0, DRAFT29: 3}
+
+MAX_CID = 20
+SAMPLE_LEN = 16
+TAG_LEN = 16
+
+FRAME_PADDING = 0x00
+FRAME_PING = 0x01
+FRAME_ACK = 0x02
+FRAME_ACK_ECN = 0x03
+FRAME_CRYPTO = 0x06
+FRAME_CLOSE = 0x1C
+
+_u32 = struct.Struct("!I").unpack_from
+_NONZERO = re.compile(rb"[^\x00]")
+
+
+def _varint(b: bytes, p: int) -> tuple[int, int]:
+    """RFC 9000 §16 variable-length integer at ``p``: (value, next position)."""
+    if p >= len(b):
+        raise Malformed("quic: truncated varint")
+    first = b[p]
+    ln = 1 << (first >> 6)
+    if p + ln > len(b):
+        raise Malformed("quic: truncated varint")
+    v = first & 0x3F
+    for i in range(1, ln):
+        v = (v << 8) | b[p + i]
+    return v, p + ln
+
+
+def _expand_label(secret: bytes, label: bytes, length: int) -> bytes:
+    # HKDF-Expand-Label (RFC 8446 §7.1) with an empty context; length <= 32 so one block
+    full = b"tls13 " + label
+    info = struct.pack("!HB", length, len(full)) + full + b"\x00"
+    return hmac.new(secret, info + b"\x01", hashlib.sha256).digest()[:length]
+
+
+@lru_cache(maxsize=1024)
+def client_initial_keys(dcid: bytes, version: int = V1) -> tuple[bytes, bytes, bytes]:
+    """(key, iv, hp) protecting the client's Initial packets for this DCID (RFC 9001 §5.2)."""
+    salt, prefix, _, _ = _VERSIONS[version]
+    initial_secret = hmac.new(salt, dcid, hashlib.sha256).digest()  # HKDF-Extract
+    client_secret = _expand_label(initial_secret, b"client in", 32)
+    return (
+        _expand_label(client_secret, prefix + b"key", 16),
+        _expand_label(client_secret, prefix + b"iv", 12),
+        _expand_label(client_secret, prefix + b"hp", 16),
+    )
+
+
+@lru_cache(maxsize=1024)
+def _hp_cipher(hp: bytes) -> Cipher:
+    return Cipher(algorithms.AES(hp), modes.ECB())
+
+
+@lru_cache(maxsize=1024)
+def _aead(key: bytes) -> AESGCM:
+    return AESGCM(key)
+
+
+def _hp_mask(hp: bytes, sample: bytes) -> bytes:
+    return _hp_cipher(hp).encryptor().update(sample)
+
+
+def looks_like(data: bytes) -> bool:
+    """True if the datagram starts with a long-header Initial of a known QUIC version."""
+    if len(data) < 7 or (data[0] & 0xC0) != 0xC0:
+        return False
+    (version,) = _u32(data, 1)
+    spec = _VERSIONS.get(version)
+    return spec is not None and ((data[0] >> 4) & 3) == spec[2]
+
+
+def _open_initial(pkt: bytes, pn_offset: int, end: int, key_dcid: bytes, version: int) -> bytes | None:
+    """Decrypted payload of the Initial ``pkt[:end]``, or None if these keys don't open it."""
+    if pn_offset + 4 + SAMPLE_LEN > end:
+        raise Malformed("quic: Initial too short for a header-protection sample")
+    key, iv, hp = client_initial_keys(key_dcid, version)
+    mask = _hp_mask(hp, pkt[pn_offset + 4 : pn_offset + 4 + SAMPLE_LEN])
+    first = pkt[0] ^ (mask[0] & 0x0F)
+    pn_len = (first & 3) + 1
+    pn_bytes = bytes(pkt[pn_offset + i] ^ mask[1 + i] for i in range(pn_len))
+    header = bytes([first]) + pkt[1:pn_offset] + pn_bytes
+    # a client's first Initials carry small packet numbers: the truncated value is the value
+    nonce = (int.from_bytes(iv, "big") ^ int.from_bytes(pn_bytes, "big")).to_bytes(12, "big")
+    ciphertext = pkt[pn_offset + pn_len : end]
+    if len(ciphertext) < TAG_LEN:
+        raise Malformed("quic: Initial payload shorter than its AEAD tag")
+    try:
+        return _aead(key).decrypt(nonce, ciphertext, header)
+    except InvalidTag:
+        return None
+
+
+def _crypto_frames(payload: bytes, out: list[tuple[int, bytes]]) -> None:
+    """Append (offset, data) of every CRYPTO frame; stop at a frame an Initial can't hold."""
+    p, n = 0, len(payload)
+    while p < n:
+        ftype = payload[p]
+        if ftype == FRAME_PADDING:
+            m = _NONZERO.search(payload, p)  # Initials carry ~1 KiB of padding: skip it at once
+            p = m.start() if m else n
+        elif ftype == FRAME_PING:
+            p += 1
+        elif ftype in (FRAME_ACK, FRAME_ACK_ECN):
+            p += 1
+            _, p = _varint(payload, p)            # largest acknowledged
+            _, p = _varint(payload, p)            # ack delay
+            count, p = _varint(payload, p)
+            _, p = _varint(payload, p)            # first range
+            if count > n:
+                raise Malformed("quic: ACK range count beyond the packet")
+            for _ in range(count):
+                _, p = _varint(payload, p)
+                _, p = _varint(payload, p)
+            if ftype == FRAME_ACK_ECN:
+                for _ in range(3):
+                    _, p = _varint(payload, p)
+        elif ftype == FRAME_CRYPTO:
+            off, p = _varint(payload, p + 1)
+            ln, p = _varint(payload, p)
+            if p + ln > n:
+                raise Malformed("quic: CRYPTO frame overruns the packet")
+            out.append((off, payload[p : p + ln]))
+            p += ln
+        elif ftype == FRAME_CLOSE:
+            return
+        else:
+            raise Malformed(f"quic: frame type 0x{ftype:x} not allowed in an Initial")
+
+
+def _initials(data: bytes) -> list[tuple[int, bytes, bytes, int, int]]:
+    """Client-protected Initial packets in a datagram: (version, dcid, packet, pn_offset, end)."""
+    found = []
+    p, n = 0, len(data)
+    while p < n:
+        first = data[p]
+        if not first & 0x80:
+            break  # short header: the rest of the datagram is one 1-RTT packet
+        if p + 7 > n:
+            raise Malformed("quic: truncated long header")
+        (version,) = _u32(data, p + 1)
+        if version == 0:
+            break  # Version Negotiation (server-sent)
+        spec = _VERSIONS.get(version)
+        if spec is None or not first & 0x40:
+            break  # a version we can't read (gQUIC, drafts), or a greased fixed bit
+        q = p + 5
+        dcid_len = data[q]
+        if dcid_len > MAX_CID or q + 1 + dcid_len >= n:
+            raise Malformed("quic: bad destination connection id")
+        dcid = data[q + 1 : q + 1 + dcid_len]
+        q += 1 + dcid_len
+        scid_len = data[q]
+        q += 1 + scid_len
+        if scid_len > MAX_CID or q > n:
+            raise Malformed("quic: bad source connection id")
+        ptype = (first >> 4) & 3
+        if ptype == _RETRY_TYPE[version]:
+            break
+        if ptype == spec[2]:
+            token_len, q = _varint(data, q)
+            q += token_len
+            if q > n:
+                raise Malformed("quic: token overruns the datagram")
+        length, q = _varint(data, q)
+        end = q + length
+        if end > n:
+            raise Malformed("quic: packet length overruns the datagram")
+        if ptype == spec[2]:
+            found.append((version, dcid, data[p:end], q - p, end - p))
+        p = end
+    return found
+
+
+def _hello_from(frags: list[tuple[int, bytes]]) -> tuple[AppFields | None, bool]:
+    """Reassemble CRYPTO data from offset 0; (fields, finished). Fields None: no SNI."""
+    frags = sorted(frags, key=lambda f: f[0])
+    stream = bytearray()
+    for off, chunk in frags:
+        if off > len(stream):
+            break  # a gap: wait for the missing piece
+        if off + len(chunk) > len(stream):
+            stream += chunk[len(stream) - off :]
+        if len(stream) > MAX_CLIENT_HELLO:
+            raise Malformed("quic: CRYPTO stream beyond the ClientHello limit")
+    if len(stream) < 4:
+        return None, False
+    if stream[0] != HS_CLIENT_HELLO:
+        return None, True  # a server's Initial that happened to open with client keys
+    need = 4 + int.from_bytes(stream[1:4], "big")
+    if need > MAX_CLIENT_HELLO:
+        raise Malformed("quic: ClientHello length beyond the limit")
+    if len(stream) < need:
+        return None, False
+    app = parse_client_hello(bytes(stream[4:need]))
+    return (app if "sni" in app else None), True
+
+
+def _event(app: AppFields, version: int) -> tuple[str, AppFields]:
+    app["tls_version"] = app.pop("version")
+    app["version"] = _VERSIONS[version][3]
+    app.pop("legacy_version", None)
+    return KIND, app
+
+
+def dissect_datagram(data: bytes) -> Found:
+    """``quic.initial`` for a client Initial datagram whose ClientHello is whole in it."""
+    if len(data) < 7 or (data[0] & 0xC0) != 0xC0:
+        return []  # not a long header: nothing to read without keys
+    per_dcid: dict[tuple[int, bytes], list[tuple[int, bytes]]] = {}
+    for version, dcid, pkt, pn_offset, end in _initials(data):
+        payload = _open_initial(pkt, pn_offset, end, dcid, version)
+        if payload is not None:
+            _crypto_frames(payload, per_dcid.setdefault((version, dcid), []))
+    found: Found = []
+    for (version, _), frags in per_dcid.items():
+        app, _ = _hello_from(frags)
+        if app is not None:
+            found.append(_event(app, version))
+    return found
+
+
+class QuicInitialAssembler:
+    """Per-flow CRYPTO reassembly across Initial datagrams, keyed by the original DCID.
+
+    ``feed(datagram)`` returns what :func:`dissect_datagram` would, but also finishes a
+    ClientHello whose CRYPTO data spans several datagrams. Memory is bounded: at most
+    ``max_dcids`` connection ids (least recently used dropped) and ``max_bytes`` of
+    CRYPTO data each; a DCID whose ClientHello is finished is remembered as done.
+    A client's later Initials (after the server picked a new DCID) are still opened
+    with the keys of the first DCID seen, as RFC 9001 §5.2 prescribes.
+    """
+
+    def __init__(self, max_dcids: int = 8, max_bytes: int = 16 * 1024) -> None:
+        self.max_dcids = max_dcids
+        self.max_bytes = max_bytes
+        self._frags: OrderedDict[tuple[int, bytes], list[tuple[int, bytes]]] = OrderedDict()
+        self._size: dict[tuple[int, bytes], int] = {}
+        self._done: set[tuple[int, bytes]] = set()
+        self._first: tuple[int, bytes] | None = None
+
+    def feed(self, data: bytes) -> Found:
+        if len(data) < 7 or (data[0] & 0xC0) != 0xC0:
+            return []
+        touched: list[tuple[int, bytes]] = []
+        for version, dcid, pkt, pn_offset, end in _initials(data):
+            key = (version, dcid)
+            payload = _open_initial(pkt, pn_offset, end, dcid, version)
+            if payload is None and self._first is not None and self._first[0] == version:
+                key = self._first
+                payload = _open_initial(pkt, pn_offset, end, key[1], version)
+            if payload is None or key in self._done:
+                continue
+            if self._first is None:
+                self._first = key
+            frags: list[tuple[int, bytes]] = []
+            _crypto_frames(payload, frags)
+            if not frags:
+                continue
+            held = self._frags.setdefault(key, [])
+            self._frags.move_to_end(key)
+            size = self._size.get(key, 0) + sum(len(c) for _, c in frags)
+            if size > self.max_bytes:
+                self._forget(key)
+                self._done.add(key)  # too big to be a ClientHello we can read: give up on it
+                continue
+            self._size[key] = size
+            held.extend(frags)
+            if key not in touched:
+                touched.append(key)
+            while len(self._frags) > self.max_dcids:
+                self._forget(next(iter(self._frags)))
+        found: Found = []
+        for key in touched:
+            app, finished = _hello_from(self._frags[key])
+            if finished:
+                self._forget(key)
+                self._done.add(key)
+                if len(self._done) > 4 * self.max_dcids:
+                    self._done.clear()
+                if app is not None:
+                    found.append(_event(app, key[0]))
+        return found
+
+    def _forget(self, key: tuple[int, bytes]) -> None:
+        self._frags.pop(key, None)
+        self._size.pop(key, None)
+
+    def pending(self) -> int:
+        """Bytes of CRYPTO data held (for the tap's memory accounting)."""
+        return sum(self._size.values())
