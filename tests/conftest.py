@@ -24,9 +24,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     kind_ok = shutil.which("kind") is not None
     root = os.geteuid() == 0
     for item in items:
-        if "lab" in item.keywords and not (docker_ok and kind_ok):
+        # markers, not keywords: keywords also hold directory names (tests/lab)
+        if item.get_closest_marker("lab") and not (docker_ok and kind_ok):
             item.add_marker(pytest.mark.skip(reason="lab test: needs a Docker engine and kind (none here)"))
-        if "root" in item.keywords and not root:
+        if item.get_closest_marker("root") and not root:
             item.add_marker(pytest.mark.skip(reason="needs root for network namespaces"))
 
 

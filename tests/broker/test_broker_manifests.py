@@ -125,7 +125,7 @@ def test_knative_manifests_load_and_every_service_runs_locally() -> None:
         assert svc.image.startswith("ghcr.io/mec-testbed/fn-") and ":" in svc.image
     for name in ("buy", "dns-edge", "logger"):
         dockerfile = (REPO / "k8s" / "functions" / name / "Dockerfile").read_text()
-        assert "FROM python:3.11.10-slim-bookworm" in dockerfile
+        assert "FROM python:3.11.13-slim-bookworm" in dockerfile
         assert "USER 65532" in dockerfile
 
 

@@ -1,0 +1,267 @@
+"""The lab's commands as plans: ordered steps, each one command line (or one small local action).
+
+A plan is data, so `--dry-run` prints exactly what a real run would execute, and tests can
+inspect it without Docker. Readiness is part of the plan: `kubectl wait`/`rollout status`
+steps, and polls that repeat a command until its output says ready.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from testbed.lab import layout as L
+from testbed.lab.subscribers import Subscriber
+from testbed.lab.versions import release_manifests
+
+TOKEN_FILE = L.COMPOSE_DIR / "secrets" / "detector-token"
+
+
+@dataclass
+class Step:
+    title: str
+    argv: list[str] | None = None
+    action: Callable[[], None] | None = None     # a local action instead of a command
+    show: str = ""                               # what --dry-run prints for an action or for stdin
+    stdin: Callable[[], str] | None = None
+    poll: float = 0.0                            # > 0: retry every few seconds for this long
+    until: Callable[[str], bool] | None = None   # with poll: ready when this holds for stdout
+    may_fail: bool = False                       # status-style steps: report and go on
+    skip_if: Callable[[], bool] | None = None    # checked at run time only
+    skip_note: str = ""
+    requires: list[Path] = field(default_factory=list)
+
+    def command_text(self) -> str:
+        if self.argv is None:
+            return self.show
+        text = shlex.join(self.argv)
+        if self.stdin is not None:
+            text += f"  <<< {self.show}"
+        return text
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(p.relative_to(L.REPO))
+    except ValueError:
+        return str(p)
+
+
+def compose_cmd(with_tap: bool) -> list[str]:
+    argv = ["docker", "compose", "--project-directory", _rel(L.COMPOSE_DIR),
+            "-f", _rel(L.COMPOSE_DIR / "docker-compose.yaml")]
+    if with_tap:
+        argv += ["-f", _rel(L.COMPOSE_DIR / "docker-compose.tap.yaml")]
+    return argv
+
+
+def kubectl(*args: str) -> list[str]:
+    return ["kubectl", "--context", f"kind-{L.CLUSTER}", *args]
+
+
+def function_images(knative_dir: Path = L.K8S_DIR / "knative",
+                    functions_dir: Path = L.K8S_DIR / "functions") -> list[tuple[Path, str]]:
+    """(k8s/functions/<name>, image) for each Knative Service image built from this repository.
+
+    The image tag is the one the Service names (the lab builds it and `kind load`s it); a
+    Service image `<registry>/<path>/fn-<name>:<tag>` or `.../<name>:<tag>` maps to
+    k8s/functions/<name>/Dockerfile. Images of other projects are left to the cluster to pull.
+    """
+    from testbed.lab.checks import manifest_files, pod_images, yaml_documents
+
+    dirs = {p.parent.name: p.parent for p in functions_dir.glob("*/Dockerfile")} if functions_dir.is_dir() else {}
+    found: dict[str, Path] = {}
+    for f in manifest_files(knative_dir):
+        for _, doc in yaml_documents(f):
+            if doc.get("kind") != "Service" or not str(doc.get("apiVersion", "")).startswith("serving.knative.dev/"):
+                continue
+            for image in pod_images(doc):
+                base = image.rsplit("/", 1)[-1].split("@")[0].split(":")[0]
+                name = base.removeprefix("fn-")
+                if name in dirs:
+                    found.setdefault(image, dirs[name])
+    return sorted(((d, img) for img, d in found.items()), key=lambda x: x[1])
+
+
+def _registry(image: str) -> str:
+    first = image.split("/", 1)[0]
+    return first if "/" in image and ("." in first or ":" in first or first == "localhost") else "index.docker.io"
+
+
+def _cluster_exists() -> bool:
+    import subprocess
+    try:
+        out = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return L.CLUSTER in out.split()
+
+
+def _write_token() -> None:
+    if TOKEN_FILE.is_file() and TOKEN_FILE.read_text().strip():
+        return
+    TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
+    TOKEN_FILE.write_text(secrets.token_urlsafe(32) + "\n")
+    TOKEN_FILE.chmod(0o644)    # read by the tap's non-root user through a bind-mounted compose secret
+
+
+def _token_secret() -> str:
+    token = TOKEN_FILE.read_text().strip()
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "detector-token", "namespace": L.NAMESPACE},
+        "type": "Opaque", "stringData": {"token": token},
+    })
+
+
+def ues_healthy(ps_json: str, subs: list[Subscriber]) -> bool:
+    """True when `docker compose ps --format json` shows every UE service healthy."""
+    rows: list[dict[str, object]] = []
+    for line in ps_json.splitlines():      # one JSON object per line (compose >= 2.21) or one array
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            return False
+        rows += data if isinstance(data, list) else [data]
+    health = {str(r.get("Service")): str(r.get("Health", "")) for r in rows if isinstance(r, dict)}
+    return all(health.get(f"ue{s.n}") == "healthy" for s in subs)
+
+
+def up_plan(versions: dict[str, str], subs: list[Subscriber], *, k8s: bool = True,
+            compose: bool = True, timeout: int = 300) -> list[Step]:
+    rel = release_manifests(versions)
+    t = f"--timeout={timeout}s"
+    steps: list[Step] = []
+    if k8s:
+        steps.append(Step("tap <-> detector ingest token", action=_write_token,
+                          show=f"write {_rel(TOKEN_FILE)} (random, kept if present)"))
+        steps.append(Step(f"kind cluster {L.CLUSTER} (Kubernetes v1.34)",
+                          ["kind", "create", "cluster", "--config", _rel(L.KIND_CONFIG), "--wait", f"{timeout}s"],
+                          skip_if=_cluster_exists, skip_note="cluster exists"))
+        steps += [
+            Step("Knative Serving CRDs", kubectl("apply", "-f", rel["serving-crds"])),
+            Step("Serving CRDs established", kubectl("wait", "--for=condition=Established", "crd",
+                                                     "-l", "knative.dev/crd-install=true", t)),
+            Step("Knative Serving core", kubectl("apply", "-f", rel["serving-core"])),
+            Step("Kourier", kubectl("apply", "-f", rel["kourier"])),
+            Step("Serving uses Kourier", kubectl(
+                "patch", "configmap/config-network", "-n", "knative-serving", "--type", "merge",
+                "-p", '{"data":{"ingress-class":"kourier.ingress.networking.knative.dev"}}')),
+            Step("Knative Service URLs on 127.0.0.1.sslip.io", kubectl(
+                "patch", "configmap/config-domain", "-n", "knative-serving", "--type", "merge",
+                "-p", '{"data":{"127.0.0.1.sslip.io":""}}')),
+            Step(f"Kourier on NodePort {L.KOURIER_NODEPORT}", kubectl(
+                "patch", "service/kourier", "-n", "kourier-system",
+                "-p", json.dumps({"spec": {"type": "NodePort",
+                                           "ports": [{"port": 80, "nodePort": L.KOURIER_NODEPORT}]}},
+                                 separators=(",", ":")))),
+            Step("Serving ready", kubectl("wait", "--for=condition=Available", "deployment", "--all",
+                                          "-n", "knative-serving", t)),
+            Step("Kourier ready", kubectl("wait", "--for=condition=Available", "deployment", "--all",
+                                          "-n", "kourier-system", t)),
+            Step("Knative Eventing CRDs", kubectl("apply", "-f", rel["eventing-crds"])),
+            Step("Eventing CRDs established", kubectl("wait", "--for=condition=Established", "crd",
+                                                      "-l", "knative.dev/crd-install=true", t)),
+            Step("Knative Eventing core", kubectl("apply", "-f", rel["eventing-core"])),
+            Step("In-memory channel", kubectl("apply", "-f", rel["in-memory-channel"])),
+            Step("MT channel broker", kubectl("apply", "-f", rel["mt-channel-broker"])),
+            Step("Eventing ready", kubectl("wait", "--for=condition=Available", "deployment", "--all",
+                                           "-n", "knative-eventing", t)),
+            Step(f"Broker ingress on NodePort {L.BROKER_NODEPORT}",
+                 kubectl("apply", "-f", _rel(L.K8S_DIR / "install/broker-ingress-nodeport.yaml"))),
+            Step("build the detector image", ["docker", "build", "-f", "docker/detector.Dockerfile",
+                                              "-t", L.DETECTOR_IMAGE, "."]),
+            Step("load the detector image into kind",
+                 ["kind", "load", "docker-image", L.DETECTOR_IMAGE, "--name", L.CLUSTER]),
+        ]
+        fn_images = function_images()
+        for d, img in fn_images:
+            steps += [
+                Step(f"build function {d.name}", ["docker", "build", "-f", _rel(d / "Dockerfile"), "-t", img, "."]),
+                Step(f"load function {d.name} into kind", ["kind", "load", "docker-image", img, "--name", L.CLUSTER]),
+            ]
+        # Knative resolves tags to digests by asking the registry; kind-loaded images are in no registry
+        skip = ["kind.local", "ko.local", "dev.local"]
+        skip += sorted({_registry(img) for _, img in fn_images} - set(skip))
+        steps.append(Step("Knative: no tag resolution for the lab's own images", kubectl(
+            "patch", "configmap/config-deployment", "-n", "knative-serving", "--type", "merge",
+            "-p", json.dumps({"data": {"registries-skipping-tag-resolving": ",".join(skip)}},
+                             separators=(",", ":")))))
+        knative_dir = L.K8S_DIR / "knative"
+        steps += [
+            Step(f"namespace {L.NAMESPACE}", kubectl("apply", "-f", _rel(L.K8S_DIR / "detector/00-namespace.yaml"))),
+            Step("detector-token Secret", kubectl("apply", "-f", "-"), stdin=_token_secret,
+                 show=f"Secret detector-token from {_rel(TOKEN_FILE)}"),
+            Step("Broker, Triggers and functions (k8s/knative/)",
+                 kubectl("apply", "-R", "-f", _rel(knative_dir)), requires=[knative_dir]),
+            Step(f"Broker {L.BROKER} ready", kubectl("wait", "--for=condition=Ready", f"broker/{L.BROKER}",
+                                                     "-n", L.NAMESPACE, t)),
+            Step("functions ready", kubectl("wait", "--for=condition=Ready", "ksvc", "--all", "-n", L.NAMESPACE, t)),
+            Step("Triggers ready", kubectl("wait", "--for=condition=Ready", "trigger", "--all", "-n", L.NAMESPACE, t)),
+            Step("detector (SinkBinding -> Broker, Deployment, NodePort)",
+                 kubectl("apply", "-f", _rel(L.K8S_DIR / "detector"))),
+            Step("detector rolled out", kubectl("rollout", "status", "deployment/detector", "-n", L.NAMESPACE, t)),
+            Step("SinkBinding ready", kubectl("wait", "--for=condition=Ready", "sinkbinding/detector",
+                                              "-n", L.NAMESPACE, t)),
+        ]
+    if compose:
+        dc = compose_cmd(with_tap=k8s)
+        steps += [
+            Step("build the lab images (tap, DN DNS)", [*dc, "build"]),
+            Step("5G core, RAN, UEs and DN" + (" + tap" if k8s else ""), [*dc, "up", "-d", "--remove-orphans"]),
+            Step(f"wait until the {len(subs)} UE(s) have a PDU session", [*dc, "ps", "--format", "json"],
+                 poll=float(timeout), until=lambda out: ues_healthy(out, subs)),
+        ]
+    return steps
+
+
+def down_plan(*, keep_cluster: bool = False) -> list[Step]:
+    # the base file alone: --remove-orphans takes the tap services too, and down does not
+    # depend on kind's network still existing
+    steps = [Step("stop and remove the Compose lab", [*compose_cmd(with_tap=False), "down", "--volumes",
+                                                      "--remove-orphans"], may_fail=True)]
+    if not keep_cluster:
+        steps.append(Step(f"delete kind cluster {L.CLUSTER}", ["kind", "delete", "cluster", "--name", L.CLUSTER]))
+    return steps
+
+
+def status_plan() -> list[Step]:
+    return [
+        Step("Compose services", [*compose_cmd(with_tap=False), "ps", "--all"], may_fail=True),
+        Step("kind nodes", kubectl("get", "nodes", "-o", "wide"), may_fail=True),
+        Step("Knative objects", kubectl("get", "broker,trigger,ksvc,sinkbinding", "-n", L.NAMESPACE),
+             may_fail=True),
+        Step("detector", kubectl("get", "deployment,service,pod", "-l", "app=detector", "-n", L.NAMESPACE),
+             may_fail=True),
+    ]
+
+
+def smoke_plan(sub: Subscriber, *, timeout: int = 120, scenario: Path | None = None) -> list[Step]:
+    dc = compose_cmd(with_tap=True)
+    ue = f"ue{sub.n}"
+    app = L.ADDR["app"]["n6"]
+    dns = L.ADDR["dns"]["n6"]
+    steps = [
+        Step(f"{ue} resolves {L.APP_HOST} through its PDU session",
+             [*dc, "exec", "-T", ue, "dig", "+short", "+time=3", "+tries=1", "-b", sub.ip, f"@{dns}", L.APP_HOST],
+             poll=30.0, until=lambda out: app in out.split()),
+        Step(f"{ue} clicks 'buy' in the main application (HTTP over N3/N6)",
+             [*dc, "exec", "-T", ue, "curl", "-sS", "--fail", "--max-time", "10", "--interface", "uesimtun0",
+              "-H", f"Host: {L.APP_HOST}", "-X", "POST", f"http://{app}/api/v1/buy?item=3"]),
+        Step(f"a function logs {sub.supi} (tap -> detector -> Broker -> Trigger -> function)",
+             kubectl("logs", "-n", L.NAMESPACE, "-l", "serving.knative.dev/service", "--all-containers",
+                     "--prefix", "--tail=500", "--max-log-requests=20"),
+             poll=float(timeout), until=lambda out: sub.supi in out),
+    ]
+    if scenario is not None:
+        steps.append(Step(f"scenario {scenario}", [sys.executable, "-m", "testbed", "scenario", "run",
+                                                   str(scenario), "--backend", "lab"], requires=[scenario]))
+    return steps
