@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PKGS := tshark tcpreplay iproute2 dnsmasq-base mosquitto mosquitto-clients
+APT_PKGS := tshark tcpreplay iproute2 dnsmasq-base mosquitto mosquitto-clients curl
 
 .PHONY: setup sysdeps demo test lint bench clean
 

@@ -1,0 +1,7 @@
+"""`python -m testbed.sim up|down|status …` (the same as `testbed sim …`)."""
+
+import sys
+
+from testbed.sim.cli import main
+
+sys.exit(main())

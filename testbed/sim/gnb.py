@@ -1,0 +1,197 @@
+"""gNB user plane: each UE's TUN ↔ GTP-U on N3, as UERANSIM's gNB does.
+
+For every attached UE the gNB holds the fd of that UE's `uesimtun` device (opened
+inside the UE's namespace). Packets the UE sends become G-PDUs towards the UPF's
+N3 address with the UPF's uplink TEID and a PDU Session Container (PDU type UL,
+QFI); G-PDUs from the UPF are matched by the gNB's downlink TEID and written back
+into the UE's TUN. GTP-U echo requests are answered.
+
+Control (Unix socket, JSON lines) — the lab plays the AMF/N2 part:
+  {"op": "attach", "ue": n, "netns": NS, "tun": NAME}  -> {"dl_teid": T}
+  {"op": "session", "ue": n, "ul_teid": T, "upf_ip": IP, "qfi": Q}
+  {"op": "release", "ue": n}
+  {"op": "status"}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from testbed.sim import ctl, gtpu
+from testbed.sim.topology import GNB_N3_IP
+from testbed.sim.tun import in_netns, open_tun
+from upf_tap.constants import GTPU_ECHO_REQUEST, GTPU_GPDU, GTPU_PORT
+
+log = logging.getLogger("gnb")
+MAX_PACKET = 65535
+FIRST_DL_TEID = 0x100   # gNB TEIDs are distinct from the UPF's (which start at 1): easier to read in captures
+
+
+@dataclass
+class UeCtx:
+    ue: int
+    netns: str
+    tun: str
+    fd: int
+    dl_teid: int
+    ul_teid: int | None = None
+    upf_ip: str | None = None
+    qfi: int = 1
+    ul_packets: int = 0
+    dl_packets: int = 0
+    ul_dropped: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in
+                ("ue", "netns", "tun", "dl_teid", "ul_teid", "upf_ip", "qfi", "ul_packets", "dl_packets",
+                 "ul_dropped")}
+
+
+class Gnb:
+    def __init__(self, n3_ip: str) -> None:
+        self.n3_ip = n3_ip
+        self.ues: dict[int, UeCtx] = {}
+        self.by_teid: dict[int, UeCtx] = {}
+        self.next_teid = FIRST_DL_TEID
+        self.counters: dict[str, int] = dict.fromkeys(("gtpu_bad", "dl_unknown_teid", "echo"), 0)
+        self.gtp: socket.socket | None = None
+
+    def attach(self, ue: int, netns: str, tun: str) -> UeCtx:
+        if ue in self.ues:
+            raise ValueError(f"UE {ue} already attached")
+        with in_netns(netns):
+            fd = open_tun(tun)
+        while self.next_teid in self.by_teid:
+            self.next_teid += 1
+        ctx = UeCtx(ue, netns, tun, fd, self.next_teid)
+        self.next_teid += 1
+        self.ues[ue] = ctx
+        self.by_teid[ctx.dl_teid] = ctx
+        asyncio.get_running_loop().add_reader(fd, self.on_tun, ctx)
+        log.info("UE %d attached on %s/%s, DL TEID 0x%x", ue, netns, tun, ctx.dl_teid)
+        return ctx
+
+    def release(self, ue: int) -> None:
+        ctx = self.ues.pop(ue, None)
+        if ctx is None:
+            raise ValueError(f"UE {ue} not attached")
+        self.by_teid.pop(ctx.dl_teid, None)
+        asyncio.get_running_loop().remove_reader(ctx.fd)
+        os.close(ctx.fd)
+        log.info("UE %d released", ue)
+
+    def on_tun(self, ctx: UeCtx) -> None:
+        assert self.gtp is not None
+        while True:
+            try:
+                pkt = os.read(ctx.fd, MAX_PACKET)
+            except BlockingIOError:
+                return
+            except OSError:
+                return
+            if ctx.ul_teid is None or ctx.upf_ip is None or len(pkt) < 20 or pkt[0] >> 4 != 4:
+                ctx.ul_dropped += 1   # no session yet (or not IPv4): nowhere to send it
+                continue
+            try:
+                self.gtp.sendto(gtpu.encode_gpdu(ctx.ul_teid, pkt, ctx.qfi, gtpu.PDU_TYPE_UL),
+                                (ctx.upf_ip, GTPU_PORT))
+                ctx.ul_packets += 1
+            except OSError as e:
+                ctx.ul_dropped += 1
+                log.debug("N3 send: %s", e)
+
+    def on_gtpu(self) -> None:
+        assert self.gtp is not None
+        while True:
+            try:
+                data, addr = self.gtp.recvfrom(MAX_PACKET)
+            except BlockingIOError:
+                return
+            try:
+                msg = gtpu.decode(data)
+            except gtpu.GtpuError as e:
+                self.counters["gtpu_bad"] += 1
+                log.debug("GTP-U from %s dropped: %s", addr[0], e)
+                continue
+            if msg.msg_type == GTPU_ECHO_REQUEST:
+                self.counters["echo"] += 1
+                self.gtp.sendto(gtpu.encode_echo_response(msg.seq or 0), addr)
+                continue
+            if msg.msg_type != GTPU_GPDU:
+                continue
+            ctx = self.by_teid.get(msg.teid)
+            if ctx is None:
+                self.counters["dl_unknown_teid"] += 1
+                continue
+            try:
+                os.write(ctx.fd, msg.payload)
+                ctx.dl_packets += 1
+            except OSError as e:
+                log.debug("%s write: %s", ctx.tun, e)
+
+    async def on_ctl(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "attach":
+            ctx = self.attach(int(req["ue"]), str(req["netns"]), str(req["tun"]))
+            return {"dl_teid": ctx.dl_teid}
+        if op == "session":
+            ctx = self.ues.get(int(req["ue"]))
+            if ctx is None:
+                raise ValueError(f"UE {req['ue']} not attached")
+            ctx.ul_teid, ctx.upf_ip = int(req["ul_teid"]), str(req["upf_ip"])
+            ctx.qfi = int(req.get("qfi", ctx.qfi))
+            log.info("UE %d session: UL TEID 0x%x to %s, QFI %d", ctx.ue, ctx.ul_teid, ctx.upf_ip, ctx.qfi)
+            return {"ok": True}
+        if op == "release":
+            self.release(int(req["ue"]))
+            return {"ok": True}
+        if op == "status":
+            return {"counters": self.counters, "ues": [c.summary() for c in self.ues.values()]}
+        raise ValueError(f"unknown op {op!r}")
+
+    async def run(self, ctl_path: Path) -> None:
+        loop = asyncio.get_running_loop()
+        self.gtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.gtp.bind((self.n3_ip, GTPU_PORT))
+        self.gtp.setblocking(False)
+        loop.add_reader(self.gtp.fileno(), self.on_gtpu)
+        server = await ctl.serve(ctl_path, self.on_ctl)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("gNB up: N3 %s", self.n3_ip)
+        await stop.wait()
+        server.close()
+        for ue in list(self.ues):
+            self.release(ue)
+        loop.remove_reader(self.gtp.fileno())
+        self.gtp.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m testbed.sim.gnb",
+                                 description="gNB user plane for the sim lab: UE TUNs <-> GTP-U on N3.")
+    ap.add_argument("--n3", default=GNB_N3_IP, help="N3 address for GTP-U (default %(default)s)")
+    ap.add_argument("--ctl", type=Path, required=True, help="Unix socket the lab drives the gNB through")
+    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(Gnb(args.n3).run(args.ctl))
+    except OSError as e:
+        print(f"gnb: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
