@@ -41,6 +41,7 @@ TTL_ATTRIBUTE = "knativebrokerttl"
 DEFAULT_TTL = 255
 ARRIVAL_ATTRIBUTE = "knativearrivaltime"
 HISTORY = 1000  # dispatch records kept for /_local/stats
+EVENT_HISTORY = 10_000  # accepted events kept for GET /_local/events
 
 Resolver = Callable[[Destination], str]
 
@@ -91,6 +92,9 @@ class BrokerStats:
     refused: Counter[str] = field(default_factory=Counter)
     dispatches: deque[Dispatch] = field(default_factory=lambda: deque(maxlen=HISTORY))
     outcomes: Counter[str] = field(default_factory=Counter)
+    # what each Broker accepted (attributes as stamped by the ingress), for scenarios and demos
+    events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENT_HISTORY))
+    events_seen: int = 0
 
 
 class LocalBroker:
@@ -149,6 +153,9 @@ class LocalBroker:
             log.debug("dropping event %s: TTL exhausted", event.get("id"))
             return 400
         self.stats.accepted[f"{namespace}/{name}"] += 1
+        self.stats.events_seen += 1
+        self.stats.events.append({"seq": self.stats.events_seen, "broker": f"{namespace}/{name}",
+                                  "attributes": dict(event.attrs), "data": _data_text(event)})
         for route in self._routes[key]:
             self._spawn(self._dispatch(route, event, ttl))
         return 202
@@ -216,6 +223,10 @@ class LocalBroker:
             outcome.attempt.status, outcome.tries, reply_id, seconds,
         ))
 
+    def accepted_since(self, seq: int) -> list[dict[str, Any]]:
+        """Accepted events with a sequence number above ``seq`` (oldest first, bounded history)."""
+        return [e for e in self.stats.events if e["seq"] > seq]
+
     def snapshot(self) -> dict[str, Any]:
         s = self.stats
         return {
@@ -225,6 +236,12 @@ class LocalBroker:
             "in_flight": len(self._tasks),
             "recent": [d.__dict__ for d in list(s.dispatches)[-50:]],
         }
+
+
+def _data_text(event: Event) -> str | None:
+    if event.data is None:
+        return None
+    return event.data[:4096].decode("utf-8", "replace")
 
 
 def _broker_delivery(broker: Broker) -> DeliverySpec:

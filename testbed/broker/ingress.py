@@ -92,6 +92,7 @@ def build_app(manifests: Manifests, base_url: str, state_dir: Path, *,
     app.on_cleanup.append(on_cleanup)
     app.router.add_get("/_local/healthz", _healthz)
     app.router.add_get("/_local/stats", _stats)
+    app.router.add_get("/_local/events", _events)
     app.router.add_route("*", "/_fn/{namespace}/{name}", runner.handle)
     app.router.add_route("*", "/_fn/{namespace}/{name}/{tail:.*}", runner.handle)
     app.router.add_route("*", "/{path:.*}", _ingress)
@@ -108,6 +109,15 @@ async def _stats(request: web.Request) -> web.Response:
         "functions": request.app[RUNNER_KEY].snapshot(),
     }
     return web.json_response(stats)
+
+
+async def _events(request: web.Request) -> web.Response:
+    """Accepted events after ``?since=N`` (a sequence number), oldest first."""
+    try:
+        since = int(request.query.get("since", "0"))
+    except ValueError:
+        return web.Response(status=400, text="since must be an integer\n")
+    return web.json_response(request.app[BROKER_KEY].accepted_since(since))
 
 
 async def _ingress(request: web.Request) -> web.Response:

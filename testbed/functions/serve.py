@@ -20,10 +20,13 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote, unquote
+
+from testbed.functions.store import append_jsonl
 
 Handler = Callable[[dict[str, Any]], dict[str, Any] | None]
 REQUIRED = ("id", "source", "specversion", "type")
@@ -146,12 +149,15 @@ def make_handler_class(handle: Handler, name: str) -> type[BaseHTTPRequestHandle
             except (BadEvent, ValueError) as exc:
                 self._send(400, {"Content-Type": "text/plain"}, f"{exc}\n".encode())
                 return
+            started = time.time()
             try:
                 reply = handle(event)
             except Exception as exc:  # a handler bug must not kill the server: answer 500
                 print(json.dumps({"level": "error", "function": name, "error": repr(exc)}), file=sys.stderr, flush=True)
                 self._send(500, {"Content-Type": "text/plain"}, f"handler failed: {exc}\n".encode())
+                journal(name, event, started, time.time(), 500)
                 return
+            journal(name, event, started, time.time(), 202 if reply is None else 200)
             if reply is None:
                 self._send(202)
             else:
@@ -159,6 +165,18 @@ def make_handler_class(handle: Handler, name: str) -> type[BaseHTTPRequestHandle
                 self._send(200, headers, out)
 
     return FunctionHTTPHandler
+
+
+def journal(name: str, event: dict[str, Any], started: float, finished: float, status: int) -> None:
+    """One line per invocation in $FN_STATE_DIR/invocations.jsonl (when FN_JOURNAL is set):
+    the handler's start and end times, which the demo's latency report reads."""
+    if not os.environ.get("FN_JOURNAL"):
+        return
+    attrs = event.get("attributes", {})
+    record = {"function": name, "service": os.environ.get("K_SERVICE", name), "id": attrs.get("id"),
+              "source": attrs.get("source"), "type": attrs.get("type"), "start": started, "end": finished,
+              "status": status}
+    append_jsonl("invocations.jsonl", record)
 
 
 class _Server(ThreadingHTTPServer):
