@@ -95,7 +95,13 @@ def cmd_read(args: argparse.Namespace) -> int:
         write(to_json_line(ev))
         write("\n")
 
-    tap = Tap(cfg, emit)
+    from upf_tap.control.identity import IdentityError
+
+    try:
+        tap = Tap(cfg, emit)
+    except IdentityError as e:
+        print(f"upf-tap: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     t0 = time.perf_counter()
     try:
         tap.consume(merge_captures(args.files, tap.stats))

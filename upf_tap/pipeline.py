@@ -543,7 +543,7 @@ class Tap:
                 ue["qfi"] = qfi
                 tunnel["qfi"] = qfi
             if self.control is not None:
-                known = self.control.ue_for_teid(teid, tunnel["dst"])
+                known = self.control.ue_for_teid(teid, tunnel["dst"], ue_ip=flow.ue_ip)
         if known is None and self.control is not None:
             known = self.control.ue_for_ip(flow.ue_ip)
         if known:

@@ -25,7 +25,14 @@ from typing import Any
 from upf_tap.events import to_json_line
 from upf_tap.live.metrics import MetricsServer, Snapshot
 from upf_tap.live.ring import DEFAULT_RING_MB, CaptureError, have_capture_privilege
-from upf_tap.live.sender import DEFAULT_BATCH_MAX, DEFAULT_MAX_QUEUE, DetectorSender, SenderError, events_url
+from upf_tap.live.sender import (
+    DEFAULT_BATCH_MAX,
+    DEFAULT_LINGER,
+    DEFAULT_MAX_QUEUE,
+    DetectorSender,
+    SenderError,
+    events_url,
+)
 from upf_tap.live.worker import CaptureSpec, Worker
 
 EXIT_BAD_INPUT = 2
@@ -76,6 +83,8 @@ def add_live_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"events held for the detector before the oldest are dropped (default {DEFAULT_MAX_QUEUE})")
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH_MAX, metavar="N",
                    help=f"events per POST (default {DEFAULT_BATCH_MAX})")
+    p.add_argument("--linger", type=float, default=DEFAULT_LINGER, metavar="S",
+                   help=f"wait up to S seconds for a batch to fill (default {DEFAULT_LINGER})")
     add_pipeline_options(p)
     p.set_defaults(func=run_live)
     return p
@@ -227,7 +236,8 @@ class _Output:
         self.sender: DetectorSender | None = None
         self.broken = False
         if args.detector:
-            self.sender = DetectorSender(args.detector, token, max_queue=args.queue, batch_max=args.batch)
+            self.sender = DetectorSender(args.detector, token, max_queue=args.queue, batch_max=args.batch,
+                                         linger=args.linger)
             self.out = None
         else:
             self.out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n",

@@ -23,7 +23,9 @@ from typing import Any
 
 DEFAULT_MAX_QUEUE = 100_000
 DEFAULT_BATCH_MAX = 500
-DEFAULT_LINGER = 0.05          # seconds to wait for a batch to fill once one event is queued
+DEFAULT_LINGER = 0.002         # seconds to wait for a batch to fill once one event is queued:
+                               # short, as each event may start a function; under load batches
+                               # fill anyway while the previous POST is in flight
 DEFAULT_BACKOFF_INITIAL = 0.1
 DEFAULT_BACKOFF_MAX = 5.0
 DEFAULT_TIMEOUT = 10.0
