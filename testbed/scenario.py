@@ -1,0 +1,364 @@
+"""Scenarios: UE actions with timing, and the CloudEvents and functions they must cause.
+
+    testbed scenario run FILE [--backend sim|lab] [--workdir DIR] [--json]
+    testbed scenario check FILE
+
+A scenario file (YAML) - see docs/scenarios.md::
+
+    name: buy-click
+    ues: 2
+    actions:
+      - {ue: 1, at: 0.5, http: {method: POST, url: "http://shop.mec.local/api/v1/buy?item=3"}}
+      - {ue: 2, at: 0.5, dns: {qname: shop.mec.local}}
+      - {ue: 1, at: 1.0, mqtt: {topic: sensors/ue1/temp, message: "21.5"}}
+      - {ue: 2, at: 1.0, ping: {host: 10.200.0.10}}
+      - {ue: 2, at: 2.0, release: {}}
+    expect:
+      deadline: 15
+      cloudevents:
+        - {type: mec.app.buy, subject: imsi-999700000000001, extensions: {dnn: internet}}
+      functions:
+        - {service: fn-buy, min: 1}
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from testbed.constants import supi
+
+COMPOSE_FILE = Path(__file__).resolve().parent.parent / "compose" / "docker-compose.yaml"
+
+UE_ACTIONS = ("http", "dns", "mqtt", "ping")
+LAB_ACTIONS = (*UE_ACTIONS, "release")
+EXPECT_EVENT_KEYS = {"type", "subject", "source", "extensions", "count", "data"}
+
+
+class ScenarioError(ValueError):
+    """The scenario file is not valid; the message names the file and the place."""
+
+
+@dataclass
+class Action:
+    ue: int
+    at: float
+    kind: str
+    spec: dict[str, Any]
+    tag: str = ""
+
+    def plan_entry(self) -> dict[str, Any]:
+        return {"at": self.at, self.kind: self.spec, "tag": self.tag}
+
+
+@dataclass
+class ExpectedEvent:
+    type: str
+    subject: str | None = None
+    source: str | None = None
+    extensions: dict[str, str] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    count: int = 1
+
+    def matches(self, attrs: dict[str, Any], data: Any) -> bool:
+        def ok(pattern: str | None, value: Any) -> bool:
+            return pattern is None or (value is not None and fnmatch.fnmatchcase(str(value), str(pattern)))
+
+        if not (ok(self.type, attrs.get("type")) and ok(self.subject, attrs.get("subject"))
+                and ok(self.source, attrs.get("source"))):
+            return False
+        if not all(ok(v, attrs.get(k)) for k, v in self.extensions.items()):
+            return False
+        if self.data:
+            if not isinstance(data, dict):
+                return False
+            return all(ok(v, data.get(k)) for k, v in self.data.items())
+        return True
+
+    def describe(self) -> str:
+        parts = [f"type={self.type}"]
+        if self.subject:
+            parts.append(f"subject={self.subject}")
+        parts += [f"{k}={v}" for k, v in {**self.extensions, **self.data}.items()]
+        return " ".join(parts) + (f" (x{self.count})" if self.count != 1 else "")
+
+
+@dataclass
+class Scenario:
+    name: str
+    ues: int
+    actions: list[Action]
+    events: list[ExpectedEvent]
+    functions: dict[str, int]
+    deadline: float
+    path: Path | None = None
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read and check a scenario file; ScenarioError says exactly what is wrong."""
+    where = str(path)
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ScenarioError(f"{where}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ScenarioError(f"{where}: not valid YAML: {e}".splitlines()[0]) from None
+    if not isinstance(doc, dict):
+        raise ScenarioError(f"{where}: expected a mapping with name, ues, actions, expect")
+    unknown = set(doc) - {"name", "ues", "actions", "expect", "description"}
+    if unknown:
+        raise ScenarioError(f"{where}: unknown key(s) {sorted(unknown)}")
+    ues = doc.get("ues", 1)
+    if not isinstance(ues, int) or not 1 <= ues <= 250:
+        raise ScenarioError(f"{where}: ues must be an integer from 1 to 250")
+    actions: list[Action] = []
+    for i, a in enumerate(doc.get("actions") or []):
+        at = f"{where}: actions[{i}]"
+        if not isinstance(a, dict):
+            raise ScenarioError(f"{at}: expected a mapping")
+        kinds = [k for k in a if k in LAB_ACTIONS]
+        if len(kinds) != 1:
+            raise ScenarioError(f"{at}: exactly one of {', '.join(LAB_ACTIONS)} is needed, got {sorted(a)}")
+        extra = set(a) - {"ue", "at", "tag", kinds[0]}
+        if extra:
+            raise ScenarioError(f"{at}: unknown key(s) {sorted(extra)}")
+        ue = a.get("ue", 1)
+        if not isinstance(ue, int) or not 1 <= ue <= ues:
+            raise ScenarioError(f"{at}: ue must be from 1 to {ues}")
+        try:
+            when = float(a.get("at", 0))
+        except (TypeError, ValueError):
+            raise ScenarioError(f"{at}: at must be a number of seconds") from None
+        spec = a[kinds[0]] or {}
+        if not isinstance(spec, dict):
+            raise ScenarioError(f"{at}: {kinds[0]} takes a mapping")
+        required = {"http": "url", "dns": "qname", "mqtt": "topic", "ping": "host"}.get(kinds[0])
+        if required and required not in spec:
+            raise ScenarioError(f"{at}: {kinds[0]} needs {required}")
+        actions.append(Action(ue, when, kinds[0], spec, str(a.get("tag", ""))))
+    expect = doc.get("expect") or {}
+    if not isinstance(expect, dict):
+        raise ScenarioError(f"{where}: expect must be a mapping")
+    events = []
+    for i, e in enumerate(expect.get("cloudevents") or []):
+        at = f"{where}: expect.cloudevents[{i}]"
+        if not isinstance(e, dict) or "type" not in e:
+            raise ScenarioError(f"{at}: needs at least a type")
+        extra = set(e) - EXPECT_EVENT_KEYS
+        if extra:
+            raise ScenarioError(f"{at}: unknown key(s) {sorted(extra)}")
+        events.append(ExpectedEvent(str(e["type"]), e.get("subject"), e.get("source"),
+                                    {k: str(v) for k, v in (e.get("extensions") or {}).items()},
+                                    dict(e.get("data") or {}), int(e.get("count", 1))))
+    functions = {}
+    for i, f in enumerate(expect.get("functions") or []):
+        if not isinstance(f, dict) or "service" not in f:
+            raise ScenarioError(f"{where}: expect.functions[{i}]: needs service")
+        functions[str(f["service"])] = int(f.get("min", 1))
+    deadline = float(expect.get("deadline", 15))
+    return Scenario(str(doc.get("name") or Path(path).stem), ues, sorted(actions, key=lambda a: a.at),
+                    events, functions, deadline, Path(path))
+
+
+# ---------------------------------------------------------------------- sim backend
+@dataclass
+class Outcome:
+    scenario: str
+    actions: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    invocations: list[dict[str, Any]]
+    checks: list[tuple[str, bool, str]]
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for _, ok, _ in self.checks)
+
+
+def run_ue_plans(stack: Any, actions: list[Action], start: float) -> list[dict[str, Any]]:
+    """Run each UE's actions in its namespace (one process per UE, all at once); releases here."""
+    by_ue: dict[int, list[Action]] = {}
+    releases = []
+    for a in actions:
+        if a.kind == "release":
+            releases.append(a)
+        else:
+            by_ue.setdefault(a.ue, []).append(a)
+    procs = {}
+    for ue, acts in by_ue.items():
+        plan = json.dumps({"start": start, "actions": [a.plan_entry() for a in acts]})
+        procs[ue] = (subprocess.Popen(["ip", "netns", "exec", stack.lab.ue_netns(ue), sys.executable, "-m",
+                                       "testbed.ue_actions"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True), plan, acts)
+    outs: dict[int, tuple[str, str]] = {}
+    threads = []
+    for ue, (proc, plan, _) in procs.items():
+        def talk(ue: int = ue, proc: subprocess.Popen[str] = proc, plan: str = plan) -> None:
+            outs[ue] = proc.communicate(plan, timeout=600)
+        t = threading.Thread(target=talk, daemon=True)
+        t.start()
+        threads.append(t)
+    for a in releases:
+        delay = start + a.at - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        stack.lab.release_ue(a.ue)
+    for t in threads:
+        t.join()
+    results = []
+    for ue, (proc, _, acts) in procs.items():
+        stdout, stderr = outs.get(ue, ("", ""))
+        lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+        if len(lines) != len(acts):
+            raise RuntimeError(f"UE {ue}: the action runner failed (status {proc.returncode}): {stderr.strip()[-400:]}")
+        for rec, act in zip(lines, acts, strict=True):
+            rec.update(ue=ue, at=act.at, spec=act.spec)
+            results.append(rec)
+    for a in releases:
+        results.append({"ue": a.ue, "at": a.at, "kind": "release", "ok": True, "tag": a.tag})
+    return sorted(results, key=lambda r: (r["at"], r["ue"]))
+
+
+def check_expectations(scn: Scenario, stack: Any, since: int) -> tuple[list[tuple[str, bool, str]],
+                                                                       list[dict[str, Any]], list[dict[str, Any]]]:
+    """Poll the broker and the functions until every expectation holds or the deadline passes."""
+    deadline = time.monotonic() + scn.deadline
+    while True:
+        events = [e for e in stack.broker_events(since)]
+        invocations = stack.invocations()
+        checks = []
+        for exp in scn.events:
+            n = sum(1 for e in events if exp.matches(e["attributes"], _json(e.get("data"))))
+            checks.append((f"CloudEvent {exp.describe()}", n >= exp.count, f"{n} seen"))
+        for svc, least in scn.functions.items():
+            n = sum(1 for i in invocations if i.get("service") == svc and i.get("status", 500) < 300)
+            checks.append((f"function {svc} ran at least {least}x", n >= least, f"{n} invocations"))
+        if all(ok for _, ok, _ in checks) or time.monotonic() > deadline:
+            return checks, events, invocations
+        time.sleep(0.2)
+
+
+def _json(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def run_on_stack(scn: Scenario, stack: Any) -> Outcome:
+    since = max((e["seq"] for e in stack.broker_events(0)), default=0)
+    start = time.time() + 0.3
+    actions = run_ue_plans(stack, scn.actions, start)
+    checks, events, invocations = check_expectations(scn, stack, since)
+    failed_actions = [a for a in actions if not a.get("ok")]
+    checks.insert(0, ("every UE action succeeded", not failed_actions,
+                      "; ".join(f"UE {a['ue']} {a['kind']}: {a.get('error') or a.get('status')}"
+                                for a in failed_actions) or f"{len(actions)} actions"))
+    return Outcome(scn.name, actions, events, invocations, checks)
+
+
+# ---------------------------------------------------------------------- lab backend
+def lab_commands(scn: Scenario) -> list[list[str]]:
+    """`docker compose exec` commands that perform the actions in UERANSIM's UE containers (uesimtun0)."""
+    cmds = []
+    for a in scn.actions:
+        ue = f"ue{a.ue}"
+        if a.kind == "http":
+            cmd = ["curl", "-sS", "--interface", "uesimtun0", "-X", a.spec.get("method", "GET"), a.spec["url"]]
+        elif a.kind == "dns":
+            cmd = ["getent", "hosts", a.spec["qname"]]
+        elif a.kind == "ping":
+            cmd = ["ping", "-c", "1", "-I", "uesimtun0", a.spec["host"]]
+        elif a.kind == "mqtt":
+            cmd = ["mosquitto_pub", "-h", a.spec.get("host", "mqtt.mec.local"), "-t", a.spec["topic"],
+                   "-m", str(a.spec.get("message", ""))]
+        else:
+            cmd = ["nr-cli", supi(a.ue), "--exec", "ps-release 1"]
+        cmds.append(["docker", "compose", "-f", str(COMPOSE_FILE), "exec", "-T", ue, *cmd])
+    return cmds
+
+
+# ---------------------------------------------------------------------- CLI
+def add_scenario_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("scenario", help="run a scenario (UE actions + expectations) against sim or lab",
+                              description="Run a scenario file: UE actions with timing, and the CloudEvents "
+                                          "and function runs they must cause within a deadline.")
+    sub = p.add_subparsers(dest="scenario_cmd", required=True, metavar="ACTION")
+    run = sub.add_parser("run", help="run a scenario and check its expectations")
+    run.add_argument("file", type=Path, metavar="FILE")
+    run.add_argument("--backend", choices=("sim", "lab"), default="sim",
+                     help="sim: network-namespace lab, local broker (default, root); lab: the Docker/kind lab")
+    run.add_argument("--workdir", type=Path, metavar="DIR", help="where logs and state go (default: a temp dir)")
+    run.add_argument("--lab-id", default="scn", help="sim lab id (namespaces are named mec<ID>-…)")
+    run.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    run.add_argument("--dry-run", action="store_true", help="lab backend: print the commands only")
+    chk = sub.add_parser("check", help="only read and check a scenario file")
+    chk.add_argument("file", type=Path, metavar="FILE")
+    return p
+
+
+def print_outcome(out: Outcome) -> None:
+    print(f"scenario {out.scenario}: {'PASS' if out.ok else 'FAIL'}")
+    for name, ok, detail in out.checks:
+        print(f"  [{'ok' if ok else 'FAIL'}] {name}: {detail}")
+
+
+def run_scenario(args: argparse.Namespace) -> int:
+    try:
+        scn = load_scenario(args.file)
+    except ScenarioError as e:
+        print(f"testbed scenario: {e}", file=sys.stderr)
+        return 2
+    if args.scenario_cmd == "check":
+        print(f"{args.file}: ok ({len(scn.actions)} actions, {len(scn.events)} expected CloudEvents, "
+              f"{len(scn.functions)} functions, {scn.ues} UEs)")
+        return 0
+    if args.backend == "lab":
+        cmds = lab_commands(scn)
+        if args.dry_run:
+            for c in cmds:
+                print(shlex.join(c))
+            return 0
+        import shutil
+
+        if not shutil.which("docker"):
+            print("testbed scenario: the lab backend needs docker (see docs/lab.md)", file=sys.stderr)
+            return 2
+        failed = 0
+        for c in cmds:
+            print("+", shlex.join(c), flush=True)
+            failed += subprocess.run(c, check=False).returncode != 0
+        print("expectations: check the functions' logs with `testbed lab smoke` (kubectl logs)")
+        return 1 if failed else 0
+    import os
+
+    if os.geteuid() != 0:
+        print("testbed scenario: the sim backend needs root (network namespaces)", file=sys.stderr)
+        return 2
+    from testbed.stack import Stack
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mec-scenario-"))
+    stack = Stack(workdir, "sim", ues=scn.ues, lab_id=args.lab_id,
+                  progress=lambda m: print(f"  .. {m}", file=sys.stderr, flush=True))
+    with stack:
+        out = run_on_stack(scn, stack)
+    if args.json:
+        print(json.dumps({"scenario": out.scenario, "ok": out.ok, "checks": out.checks, "actions": out.actions},
+                         indent=1))
+    else:
+        print_outcome(out)
+    print(f"logs: {workdir}", file=sys.stderr)
+    return 0 if out.ok else 1

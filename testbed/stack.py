@@ -1,0 +1,192 @@
+"""The running testbed: sim lab (or a capture), tap, detector, local broker and functions.
+
+``Stack`` owns every process it starts and stops them all, in reverse order, whatever
+happened (explicit lifecycle: ``start`` then ``stop``; also a context manager). The tap
+runs in the root namespace and opens its capture sockets in the UPF's namespace
+(``upf-tap live --netns``), so tap, detector and broker talk over loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+MANIFESTS = REPO / "k8s" / "knative"
+DEMO_RULES = REPO / "examples" / "rules" / "mec-demo.yaml"
+BROKER_PATH = "/mec/default"          # the Broker in k8s/knative/broker.yaml
+STARTUP_TIMEOUT = 30.0
+Progress = Callable[[str], None]
+
+
+class StackError(RuntimeError):
+    """A part of the testbed did not come up; the message says which and why."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def wait_http(url: str, what: str, proc: subprocess.Popen[bytes] | None, timeout: float = STARTUP_TIMEOUT,
+              log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-800:] if log and log.exists() else ""
+            raise StackError(f"{what} exited with status {proc.returncode} while starting:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise StackError(f"{what} did not answer on {url} within {timeout:.0f} s")
+
+
+@dataclass
+class Stack:
+    """Tap + detector + broker (+ the sim lab in sim mode), started in order, stopped in reverse."""
+
+    workdir: Path
+    mode: str = "sim"                 # sim | replay
+    ues: int = 2
+    lab_id: str = "demo"
+    rules: Path = DEMO_RULES
+    manifests: Path = MANIFESTS
+    progress: Progress = field(default=lambda msg: None)
+    lab: Any = None
+    broker_url: str = ""
+    detector_url: str = ""
+    token: str = ""
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.mode == "sim":
+                from testbed.sim.lab import SimLab
+
+                self.progress(f"building the sim lab ({self.ues} UEs: namespaces, veths, TUNs)")
+                self.lab = SimLab(self.lab_id, self.ues, state_root=self.workdir / "sim")
+                self.lab.build()
+            self._start_broker()
+            self._start_detector()
+            if self.mode == "sim":
+                self._start_tap()
+                self.progress("starting gNB, UPF, SMF and the DN (main application, DNS, MQTT)")
+                self.lab.start_services()
+                self.progress("establishing PDU sessions over PFCP")
+                self.lab.establish_sessions()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            self.progress(f"stopped {name}")
+        self.procs.clear()
+        if self.lab is not None:
+            left = self.lab.down()
+            if left:
+                self.progress(f"sim teardown left: {', '.join(left)}")
+            self.lab = None
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ parts
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+        log = self.workdir / f"{name}.log"
+        out = log.open("wb")
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                cwd=REPO)
+        out.close()
+        self.procs.append((name, proc))
+        return proc, log
+
+    def _start_broker(self) -> None:
+        port = free_port()
+        self.broker_url = f"http://127.0.0.1:{port}"
+        self.progress(f"starting the local Knative broker on {self.broker_url} ({self.manifests})")
+        proc, log = self._spawn("broker", [sys.executable, "-m", "testbed", "broker", "--manifests",
+                                           str(self.manifests), "--listen", f"127.0.0.1:{port}",
+                                           "--state-dir", str(self.workdir / "broker")],
+                                env={"FN_JOURNAL": "1"})
+        wait_http(f"{self.broker_url}/_local/healthz", "the local broker", proc, log=log)
+
+    def _start_detector(self) -> None:
+        port = free_port()
+        self.detector_url = f"http://127.0.0.1:{port}"
+        self.token = secrets.token_urlsafe(24)
+        token_file = self.workdir / "detector.token"
+        token_file.write_text(self.token + "\n")
+        token_file.chmod(0o600)
+        self.progress(f"starting the detector on {self.detector_url} (sink {self.broker_url}{BROKER_PATH})")
+        proc, log = self._spawn("detector", [
+            sys.executable, "-m", "detector", "serve", "--listen", f"127.0.0.1:{port}",
+            "--sink", f"{self.broker_url}{BROKER_PATH}", "--rules", str(self.rules),
+            "--outbox", str(self.workdir / "detector" / "outbox.db"), "--token-file", str(token_file),
+            "--detector-id", "demo", "--ingest-time"])
+        (self.workdir / "detector").mkdir(exist_ok=True)
+        wait_http(f"{self.detector_url}/healthz", "the detector", proc, log=log)
+
+    def _start_tap(self) -> None:
+        ifs = self.lab.tap_interfaces()
+        self.progress(f"starting upf-tap live on {ifs['netns']}: {ifs['n3']} (N3) and {ifs['n4']} (N4)")
+        proc, log = self._spawn("tap", [
+            sys.executable, "-m", "upf_tap", "live", "--netns", ifs["netns"], "--iface", ifs["n3"],
+            "--iface", ifs["n4"], "--detector", self.detector_url, "--token-file",
+            str(self.workdir / "detector.token"), "--tap", "upf1", "--report-every", "60"])
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while b"capturing on" not in log.read_bytes():
+            if proc.poll() is not None:
+                raise StackError(f"upf-tap live exited with status {proc.returncode}:\n"
+                                 f"{log.read_text(errors='replace')[-800:]}")
+            if time.monotonic() > deadline:
+                raise StackError("upf-tap live did not start capturing")
+            time.sleep(0.05)
+
+    # ------------------------------------------------------------------ observation
+    def broker_events(self, since: int = 0) -> list[dict[str, Any]]:
+        return list(http_json(f"{self.broker_url}/_local/events?since={since}"))
+
+    def broker_stats(self) -> dict[str, Any]:
+        return dict(http_json(f"{self.broker_url}/_local/stats"))
+
+    def invocations(self) -> list[dict[str, Any]]:
+        """Every function invocation so far (handler start/end), from the functions' journals."""
+        out: list[dict[str, Any]] = []
+        for path in sorted((self.workdir / "broker").glob("**/invocations.jsonl")):
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    out.append(json.loads(line))
+        return out
