@@ -144,6 +144,7 @@ def build_traces(actions: list[dict[str, Any]], events: list[dict[str, Any]],
         seen = inv_by_id.get(inv.get("id"))
         if seen is None or (seen.get("service") == "fn-logger" and inv.get("service") != "fn-logger"):
             inv_by_id[inv["id"]] = inv
+    first_start = {i["service"]: i["start"] for i in invocations if i.get("first")}
     traces = []
     for a in actions:
         phase, _, key = str(a.get("tag", "")).partition(":")
@@ -159,6 +160,11 @@ def build_traces(actions: list[dict[str, Any]], events: list[dict[str, Any]],
             inv = inv_by_id.get(tr.event_id)
             if inv is not None:
                 tr.function, tr.t_fn_start, tr.t_fn_end = inv["service"], inv["start"], inv["end"]
+                # cold: the function process was started for this event, or the event waited in
+                # the activator while it started (accepted before the first request began)
+                first = first_start.get(inv["service"])
+                waited = first is not None and tr.t_broker is not None and tr.t_broker <= first
+                tr.phase = "cold" if inv.get("first") or waited else "warm"
         tr.ok = bool(a.get("ok")) and tr.t_fn_end is not None
         traces.append(tr)
     return traces
@@ -179,14 +185,14 @@ def summarize(traces: list[Trace]) -> dict[str, dict[str, dict[str, float]]]:
 
 # ---------------------------------------------------------------------- report
 def print_report(traces: list[Trace], summary: dict[str, Any], out: Any = sys.stdout) -> None:
-    print("\nUE actions (first of each kind per UE, then every warm buy summarized):", file=out)
+    print("\nUE actions (cold: the function started for this event; warm: it was running):", file=out)
     print(f"  {'UE':<4}{'action':<7}{'phase':<6}{'CloudEvent':<22}{'function':<13}{'UE→fn start':>12}"
           f"{'fn run':>9}  SUPI", file=out)
     shown = 0
     for t in traces:
-        if t.phase == "warm" and shown >= 12:
+        if t.kind == "http" and t.phase == "warm" and shown >= 9:
             continue
-        shown += t.phase == "warm"
+        shown += t.kind == "http" and t.phase == "warm"
         total = t.stage_ms("t_send", "t_fn_start")
         run = t.stage_ms("t_fn_start", "t_fn_end")
         print(f"  {t.ue:<4}{t.kind:<7}{t.phase:<6}{t.event_type or '-':<22}{t.function or '-':<13}"

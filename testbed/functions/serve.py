@@ -167,13 +167,22 @@ def make_handler_class(handle: Handler, name: str) -> type[BaseHTTPRequestHandle
     return FunctionHTTPHandler
 
 
+_served = 0
+_journal_lock = threading.Lock()
+
+
 def journal(name: str, event: dict[str, Any], started: float, finished: float, status: int) -> None:
     """One line per invocation in $FN_STATE_DIR/invocations.jsonl (when FN_JOURNAL is set):
-    the handler's start and end times, which the demo's latency report reads."""
+    the handler's start and end times, and whether it was this process's first request (a
+    cold start when the function scaled from zero), which the demo's latency report reads."""
     if not os.environ.get("FN_JOURNAL"):
         return
+    global _served
+    with _journal_lock:
+        _served += 1
+        first = _served == 1
     attrs = event.get("attributes", {})
-    record = {"function": name, "service": os.environ.get("K_SERVICE", name), "id": attrs.get("id"),
+    record = {"first": first, "function": name, "service": os.environ.get("K_SERVICE", name), "id": attrs.get("id"),
               "source": attrs.get("source"), "type": attrs.get("type"), "start": started, "end": finished,
               "status": status}
     append_jsonl("invocations.jsonl", record)

@@ -58,7 +58,8 @@ _BLK_HDR = struct.Struct("<III")  # block_status, num_pkts, offset_to_first_pkt
 
 DEFAULT_BLOCK_SIZE = 1 << 20      # 1 MiB: a power-of-two multiple of the page size
 DEFAULT_RING_MB = 64
-DEFAULT_RETIRE_MS = 20            # a partly filled block is handed over after this long
+DEFAULT_RETIRE_MS = 2             # a partly filled block is handed over after this long: short, since
+                                  # an event may start a function (a full block goes at once)
 SNAPLEN = 65535
 SIOCGIFHWADDR = 0x8927
 
