@@ -135,6 +135,7 @@ def build_traces(actions: list[dict[str, Any]], events: list[dict[str, Any]],
                  invocations: list[dict[str, Any]]) -> list[Trace]:
     by_key: dict[str, dict[str, Any]] = {}
     for ev in events:
+        by_key[f"id={ev['attributes'].get('id')}"] = ev
         k = _key_of_event(ev)
         if k and k not in by_key:
             by_key[k] = ev
@@ -153,7 +154,7 @@ def build_traces(actions: list[dict[str, Any]], events: list[dict[str, Any]],
         if ev is not None:
             attrs = ev["attributes"]
             tr.event_type, tr.event_id = attrs.get("type", ""), attrs.get("id", "")
-            tr.t_capture = _epoch(attrs.get("time"))
+            tr.t_capture = _epoch(attrs.get("time")) if phase != "replay" else None
             tr.t_detector = _epoch(attrs.get("mecingesttime"))
             tr.t_broker = _epoch(attrs.get("knativearrivaltime"))
             tr.extras = {k: attrs[k] for k in ("supi", "ueip", "teid", "qfi", "dnn") if k in attrs}
@@ -165,6 +166,8 @@ def build_traces(actions: list[dict[str, Any]], events: list[dict[str, Any]],
                 first = first_start.get(inv["service"])
                 waited = first is not None and tr.t_broker is not None and tr.t_broker <= first
                 tr.phase = "cold" if inv.get("first") or waited else "warm"
+                if phase == "replay":
+                    tr.extras["replay"] = True
         tr.ok = bool(a.get("ok")) and tr.t_fn_end is not None
         traces.append(tr)
     return traces
@@ -312,25 +315,27 @@ def run_replay(args: argparse.Namespace, out: Path, say: Any) -> tuple[list[dict
         lines = [json.loads(line) for line in res.stdout.splitlines()]
         sender = DetectorSender(stack.detector_url, stack.token)
         sender.start()
-        t0 = time.time()
         for ev in lines:
             sender.put(ev)
         sender.close()
         say(f"{len(lines)} AppEvents sent; waiting for functions")
+        want = sum(1 for e in lines if e["kind"] == "http.request" and e["app"].get("method") == "POST")
         deadline = time.monotonic() + args.deadline
-        results = [{"ue": 0, "kind": e["kind"].split(".")[0], "tag": f"{'cold' if i == 0 else 'warm'}:{e['id']}",
-                    "ok": True, "t_send": None} for i, e in enumerate(lines) if e["kind"] == "http.request"]
         while True:
             events = stack.broker_events(0)
             invocations = stack.invocations()
             buys = [e for e in events if e["attributes"].get("type") == "mec.app.buy"]
             ran = {i["id"] for i in invocations}
-            if (buys and all(e["attributes"]["id"] in ran for e in buys)) or time.monotonic() > deadline:
+            if (len(buys) >= want and all(e["attributes"]["id"] in ran for e in buys)) \
+                    or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
-        for r, e in zip(results, buys, strict=False):
-            r["t_send"] = t0  # replay: the "UE send" is when the capture was fed
-            r["tag"] = r["tag"].split(":")[0] + f":id={e['attributes']['id']}"
+    # replay: the capture's own times are from when it was recorded, so the stages start at the
+    # detector; each buy in the capture is one "action"
+    results = [{"ue": 0, "kind": "http", "tag": f"replay:id={e['attributes']['id']}", "ok": True, "t_send": None}
+               for e in buys]
+    if len(buys) < want:
+        results += [{"ue": 0, "kind": "http", "tag": "replay:missing", "ok": False}] * (want - len(buys))
     return results, events, invocations
 
 
@@ -380,7 +385,13 @@ def run_demo(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    results, events, invocations = (run_sim if mode == "sim" else run_replay)(args, out, say)
+    from testbed.stack import StackError
+
+    try:
+        results, events, invocations = (run_sim if mode == "sim" else run_replay)(args, out, say)
+    except StackError as e:
+        print(f"testbed demo: {e}", file=sys.stderr)
+        return 1
     traces = build_traces(results, events, invocations)
     summary = summarize(traces)
     ok = sum(t.ok for t in traces)

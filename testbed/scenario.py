@@ -230,13 +230,17 @@ def run_ue_plans(stack: Any, actions: list[Action], start: float) -> list[dict[s
     return sorted(results, key=lambda r: (r["at"], r["ue"]))
 
 
-def check_expectations(scn: Scenario, stack: Any, since: int) -> tuple[list[tuple[str, bool, str]],
-                                                                       list[dict[str, Any]], list[dict[str, Any]]]:
-    """Poll the broker and the functions until every expectation holds or the deadline passes."""
+def check_expectations(scn: Scenario, stack: Any, since: int, t_begin: float
+                       ) -> tuple[list[tuple[str, bool, str]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Poll the broker and the functions until every expectation holds or the deadline passes.
+
+    Only what happened after the scenario began counts (broker events after sequence ``since``,
+    invocations that started after ``t_begin``), so scenarios can share one running stack.
+    """
     deadline = time.monotonic() + scn.deadline
     while True:
-        events = [e for e in stack.broker_events(since)]
-        invocations = stack.invocations()
+        events = stack.broker_events(since)
+        invocations = [i for i in stack.invocations() if i.get("start", 0) >= t_begin]
         checks = []
         for exp in scn.events:
             n = sum(1 for e in events if exp.matches(e["attributes"], _json(e.get("data"))))
@@ -260,9 +264,9 @@ def _json(text: str | None) -> Any:
 
 def run_on_stack(scn: Scenario, stack: Any) -> Outcome:
     since = max((e["seq"] for e in stack.broker_events(0)), default=0)
-    start = time.time() + 0.3
-    actions = run_ue_plans(stack, scn.actions, start)
-    checks, events, invocations = check_expectations(scn, stack, since)
+    t_begin = time.time()
+    actions = run_ue_plans(stack, scn.actions, t_begin + 0.3)
+    checks, events, invocations = check_expectations(scn, stack, since, t_begin)
     failed_actions = [a for a in actions if not a.get("ok")]
     checks.insert(0, ("every UE action succeeded", not failed_actions,
                       "; ".join(f"UE {a['ue']} {a['kind']}: {a.get('error') or a.get('status')}"

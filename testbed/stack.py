@@ -127,9 +127,13 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.workdir / f"{name}.log"
         out = log.open("wb")
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                cwd=REPO)
-        out.close()
+        try:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                    cwd=REPO)
+        except OSError as e:
+            raise StackError(f"cannot start {name} ({argv[0]}): {e.strerror}") from None
+        finally:
+            out.close()
         self.procs.append((name, proc))
         return proc, log
 

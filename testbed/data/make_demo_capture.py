@@ -27,8 +27,8 @@ def main() -> int:
         lab = SimLab("cap", 3, state_root=Path(tmp) / "state", capture=raw)
         try:
             lab.up()
-            start = time.time() + 0.2
             for ue in (1, 2, 3):
+                start = time.time() + 0.2  # each UE's runner waits for its own schedule
                 acts = [
                     {"at": 0.1 * ue, "http": {"method": "POST", "url": f"http://shop.mec.local/api/v1/buy?item={ue}"}},
                     {"at": 0.5 + 0.1 * ue, "dns": {"qname": f"edge{ue}.mec.local"}},
