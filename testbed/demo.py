@@ -277,7 +277,8 @@ def run_sim(args: argparse.Namespace, out: Path, say: Any) -> tuple[list[dict[st
     from testbed.stack import Stack
 
     actions = demo_actions(args.ues, args.rounds, args.rate)
-    with Stack(out / "run", "sim", ues=args.ues, lab_id=args.lab_id, progress=say) as stack:
+    with Stack(out / "run", "sim", ues=args.ues, lab_id=args.lab_id, progress=say,
+               **({"rules": args.rules} if args.rules else {})) as stack:
         say(f"UEs act: {len(actions)} actions ({args.ues} UEs; cold round, then {args.rounds} warm buys "
             f"per UE at {args.rate:g}/s)")
         results = run_ue_plans(stack, actions, time.time() + 0.3)
@@ -308,7 +309,7 @@ def run_replay(args: argparse.Namespace, out: Path, say: Any) -> tuple[list[dict
     capture = Path(args.capture) if args.capture else DEMO_CAPTURE
     if not capture.exists():
         raise SystemExit(f"testbed demo: capture {capture} not found")
-    with Stack(out / "run", "replay", progress=say) as stack:
+    with Stack(out / "run", "replay", progress=say, **({"rules": args.rules} if args.rules else {})) as stack:
         say(f"replaying {capture.name} through upf-tap read → detector")
         res = subprocess.run([sys.executable, "-m", "upf_tap", "read", str(capture)], capture_output=True,
                              text=True, check=True)
@@ -351,6 +352,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--out", type=Path, help="report directory (default out/demo-<time>)")
     p.add_argument("--capture", help=f"replay mode: capture to feed (default {DEMO_CAPTURE.relative_to(REPO)})")
     p.add_argument("--lab-id", default="demo", help="sim lab id (namespaces mec<ID>-…)")
+    p.add_argument("--rules", type=Path, help="detector rules (default examples/rules/mec-demo.yaml)")
     return p
 
 

@@ -1,0 +1,73 @@
+"""Benchmark: end-to-end latency per stage at rising UE action rates, on the sim lab (root).
+
+    sudo .venv/bin/python bench/bench_e2e.py [--rates 10,100,1000] [--ues 10] [--seconds 10]
+
+For each rate it runs `testbed demo` (sim mode, `bench/rules-e2e.yaml`: every click is an
+event) with warm buys at that rate for about --seconds, and prints the warm p50/p95/p99 of
+each stage, the achieved rate and how many actions reached a function. Target (issue 7):
+warm UE send → function start p99 ≤ 50 ms at 100 actions/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+STAGES = ("ue_to_tap", "tap_to_detector", "detector_to_broker", "broker_to_function", "function_run",
+          "ue_to_function")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rates", default="10,100,1000", help="UE actions per second, comma-separated")
+    ap.add_argument("--ues", type=int, default=10)
+    ap.add_argument("--seconds", type=float, default=10.0, help="warm phase length at each rate")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("bench_e2e: needs root (the sim lab uses network namespaces)")
+    rows = []
+    for rate in [float(r) for r in args.rates.split(",")]:
+        rounds = max(1, int(rate * args.seconds / args.ues))
+        out = HERE / "out" / f"e2e-{rate:g}"
+        t0 = time.monotonic()
+        res = subprocess.run([sys.executable, "-m", "testbed", "demo", "--mode", "sim", "--ues", str(args.ues),
+                              "--rounds", str(rounds), "--rate", str(rate), "--out", str(out), "--deadline", "60",
+                              "--rules", str(HERE / "rules-e2e.yaml"), "--lab-id", f"b{int(rate)}"],
+                             capture_output=True, text=True, cwd=REPO)
+        wall = time.monotonic() - t0
+        report_path = out / "report.json"
+        if not report_path.exists():
+            print(res.stderr[-2000:], file=sys.stderr)
+            raise SystemExit(f"bench_e2e: the demo at {rate:g}/s wrote no report")
+        report = json.loads(report_path.read_text())
+        warm = [t for t in report["traces"] if t["phase"] == "warm" and t["t_send"]]
+        sends = sorted(t["t_send"] for t in warm)
+        achieved = (len(sends) - 1) / (sends[-1] - sends[0]) if len(sends) > 1 else 0.0
+        rows.append((rate, achieved, report["meta"], report["summary"]["warm"], wall))
+    print(f"machine: {os.cpu_count()} cores; {args.ues} UEs; sim lab (GTP-U/PFCP in namespaces), upf-tap live, "
+          "detector, local broker, fn-buy")
+    for rate, achieved, meta, warm, wall in rows:
+        print(f"\nrate {rate:g}/s (achieved {achieved:.0f}/s): {meta['reached_function']}/{meta['actions']} actions "
+              f"reached a function ({wall:.0f} s run)")
+        print(f"  {'warm stage (ms)':<22}{'n':>6}{'p50':>9}{'p95':>9}{'p99':>9}")
+        for st in STAGES:
+            s = warm.get(st)
+            if s:
+                print(f"  {st:<22}{s['n']:>6}{s['p50']:>9.2f}{s['p95']:>9.2f}{s['p99']:>9.2f}")
+    target = next((w for r, _a, _m, w, _ in rows if r == 100), None)
+    if target and "ue_to_function" in target:
+        p99 = target["ue_to_function"]["p99"]
+        print(f"\ntarget: warm UE send → function start p99 at 100/s = {p99:.1f} ms (target ≤ 50 ms: "
+              f"{'met' if p99 <= 50 else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
