@@ -79,7 +79,7 @@ def print_counters(counters: dict[str, int], out=sys.stderr) -> None:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from upf_tap.capture.pcapfile import CaptureError, merge_captures
+    from upf_tap.capture.pcapfile import CaptureError, merge_captures, read_batches
     from upf_tap.pipeline import Tap
 
     try:
@@ -104,7 +104,10 @@ def cmd_read(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     t0 = time.perf_counter()
     try:
-        tap.consume(merge_captures(args.files, tap.stats))
+        if len(args.files) == 1:
+            tap.consume_batches(read_batches(args.files[0], tap.stats))
+        else:
+            tap.consume(merge_captures(args.files, tap.stats))
     except CaptureError as e:
         out.flush()
         print(f"upf-tap: {e}", file=sys.stderr)
@@ -124,7 +127,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="upf-tap", description="GTP-U/N6 traffic tap: application events (AppEvent JSON lines) "
                                     "from 5G user-plane traffic, tied to subscribers via PFCP and NGAP.")
@@ -136,17 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng file(s)")
     add_pipeline_options(rd)
     rd.set_defaults(func=cmd_read)
-    try:
-        from upf_tap.live.command import add_live_parser
-    except ImportError:
-        pass
-    else:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["live"]:
+        from upf_tap.live.command import add_live_parser  # capture, fanout, metrics: only when used
+
         add_live_parser(sub)
+    else:
+        sub.add_parser("live", help="capture live on interfaces (AF_PACKET) and print or send AppEvents "
+                                    "(`upf-tap live --help`)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

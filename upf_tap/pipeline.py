@@ -52,7 +52,7 @@ from upf_tap.constants import (
 from upf_tap.decode.gtpu import BAD_REASONS, PDU_TYPE_DL, PDU_TYPE_UL, parse_gtpu
 from upf_tap.decode.ip import FragmentReassembler, ip_str, walk_ipv6_ext
 from upf_tap.decode.link import LINKTYPE_ETHERNET, ip_offset
-from upf_tap.dissect import Malformed, coap, dns, http, icmp, mqtt, quic, tls
+from upf_tap.dissect import Malformed, coap, dns, http, icmp, mqtt, tls
 from upf_tap.events import AppEvent, make_event
 from upf_tap.flows import Flow, FlowTable
 from upf_tap.tcp_stream import StreamDirection
@@ -168,11 +168,17 @@ class Tap:
         self.feed_at(ts_ns, linktype, frame, 0, len(frame))
 
     def consume(self, packets: Iterable[tuple[int, int, bytes | memoryview]]) -> None:
-        """Decode many frames: the same as ``feed`` on each, with a fast path inlined.
+        """Decode many frames: the same as ``feed`` on each, through the fast path."""
+        self.consume_batches((f if type(f) is bytes else bytes(f), [ts, lt, 0, len(f)]) for ts, lt, f in packets)
+
+    def consume_batches(self, batches: Iterable[tuple[bytes, list[int]]]) -> None:
+        """Decode packets given as ``(buf, [ts_ns, linktype, start, end, ...])`` (see
+        ``capture.pcapfile.read_batches``): no per-packet object for the bulk of the traffic.
 
         The bulk of N3 traffic is Ethernet/IPv4/UDP/GTP-U (one PDU Session Container)/IPv4/TCP
-        on a flow whose inspection is over, or a bare ACK: one ``unpack_from`` and one dict
-        lookup decide it, with every name local. Anything else takes ``feed_at``.
+        on a flow whose inspection is over, or a bare ACK: one ``unpack_from`` at the frame's
+        offset and one dict lookup decide it, with every name local. Anything else is copied
+        out and takes ``feed_at``.
         """
         fast = _fast_n3
         flows_get = self.tcp_flows.get
@@ -184,36 +190,37 @@ class Tap:
         npk = nbytes = 0
         ts_ns = self.last_ns
         try:
-            for ts_ns, linktype, frame in packets:
-                data = frame if type(frame) is bytes else bytes(frame)
-                end = len(data)
-                npk += 1
-                nbytes += end
-                if ts_ns >= next_expiry:
-                    self._expire(ts_ns)
-                    next_expiry = self.next_expiry
-                if use_fast and linktype == 1 and end >= 98:
-                    (etype, vihl, frag, proto, sport, dport, gflags, gtype, glen, nxt, elen, nxt2,
-                     ivihl, itot, ifrag, iproto, addrs, doff, tflags) = fast(data)
-                    if (etype == 0x0800 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF
-                            and gflags == 0x34 and gtype == 255 and nxt == 0x85 and elen == 1 and nxt2 == 0
-                            and ivihl == 0x45 and iproto == 6 and not ifrag & 0x3FFF
-                            and not tflags & 0x07 and 50 + glen <= end and itot >= 40
-                            and (dport in gtpu_ports or sport in gtpu_ports)):
-                        hit = flows_get(addrs + data[78:82])
-                        if hit is not None:
-                            flow, idx = hit
-                            sd = flow.streams[idx]
-                            # nothing to inspect: the direction is done, or a bare ACK
-                            if (sd is not None and sd.done) or itot == 20 + (doff >> 4) * 4:
-                                if ts_ns - flow.last_ns > LRU_TOUCH_NS:
-                                    lru_touch(flow.key0)
-                                flow.last_ns = ts_ns
-                                flow.pkts[idx] += 1
-                                flow.octets[idx] += itot - 20
-                                continue
-                self.last_ns = ts_ns
-                slow(ts_ns, linktype, data, 0, end)
+            for buf, recs in batches:
+                npk += len(recs) >> 2
+                nbytes += sum(recs[3::4]) - sum(recs[2::4])
+                it = iter(recs)
+                for ts_ns, linktype, start, end in zip(it, it, it, it, strict=True):
+                    if ts_ns >= next_expiry:
+                        self._expire(ts_ns)
+                        next_expiry = self.next_expiry
+                    if use_fast and linktype == 1 and end - start >= 98:
+                        (etype, vihl, frag, proto, sport, dport, gflags, gtype, glen, nxt, elen, nxt2,
+                         ivihl, itot, ifrag, iproto, addrs, doff, tflags) = fast(buf, start)
+                        if (etype == 0x0800 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF
+                                and gflags == 0x34 and gtype == 255 and nxt == 0x85 and elen == 1 and nxt2 == 0
+                                and ivihl == 0x45 and iproto == 6 and not ifrag & 0x3FFF
+                                and not tflags & 0x07 and start + 50 + glen <= end and itot >= 40
+                                and (dport in gtpu_ports or sport in gtpu_ports)):
+                            hit = flows_get(addrs + buf[start + 78 : start + 82])
+                            if hit is not None:
+                                flow, idx = hit
+                                sd = flow.streams[idx]
+                                # nothing to inspect: the direction is done, or a bare ACK
+                                if (sd is not None and sd.done) or itot == 20 + (doff >> 4) * 4:
+                                    if ts_ns - flow.last_ns > LRU_TOUCH_NS:
+                                        lru_touch(flow.key0)
+                                    flow.last_ns = ts_ns
+                                    flow.pkts[idx] += 1
+                                    flow.octets[idx] += itot - 20
+                                    continue
+                    self.last_ns = ts_ns
+                    frame = buf if start == 0 and end == len(buf) else buf[start:end]
+                    slow(ts_ns, linktype, frame, 0, end - start)
         finally:
             self.packets += npk
             self.octets += nbytes
@@ -487,6 +494,8 @@ class Tap:
         if state is False:
             return  # this direction is done
         if state is None:
+            from upf_tap.dissect import quic  # AES/HKDF from `cryptography`: loaded on the first QUIC flow
+
             state = flow.state[idx] = quic.QuicInitialAssembler()
         try:
             found = state.feed(payload)

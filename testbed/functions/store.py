@@ -37,13 +37,22 @@ def append_jsonl(name: str, record: dict[str, Any]) -> None:
         _write(state_dir() / name, record)
 
 
+# (file, key field) -> the key values already in that file: read once per process, so a
+# redelivery check costs a set lookup rather than a read of the whole file per event
+_SEEN: dict[tuple[Path, str], set[Any]] = {}
+
+
 def append_once(name: str, key: str, record: dict[str, Any]) -> bool:
     """Append unless a record with the same `key` value is already there; True if written."""
     path = state_dir() / name
     with _LOCK:
-        if any(r.get(key) == record[key] for r in _read(path)):
+        seen = _SEEN.get((path, key))
+        if seen is None:
+            seen = _SEEN[(path, key)] = {r.get(key) for r in _read(path)}
+        if record[key] in seen:
             return False
         _write(path, record)
+        seen.add(record[key])
         return True
 
 

@@ -24,8 +24,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 SUPI_RE = re.compile(r"^(imsi-[0-9]{5,15}|nai-.+)$")
 SNSSAI_RE = re.compile(r"^[0-9]{1,3}(-[0-9a-fA-F]{6})?$")
 FIELDS = ("supi", "dnn", "snssai", "pdu_session_id")
@@ -109,6 +107,8 @@ def _entry(path: str, n: int, raw: Any) -> tuple[str | None, str | None, Identit
 
 def load(path: str | os.PathLike[str]) -> IdentityFile:
     """Read and check an identity file; IdentityError (one line) on any problem."""
+    import yaml  # only taps given an identity file pay for it
+
     name = os.fspath(path)
     try:
         with open(name, encoding="utf-8") as fh:
