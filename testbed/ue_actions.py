@@ -20,6 +20,8 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from testbed.sim.uetools import echo_request
+
 TIMEOUT = 5.0
 
 
@@ -121,21 +123,10 @@ def do_mqtt(spec: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     return t_send, {"ok": True}
 
 
-def _icmp_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
 def do_ping(spec: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     host = _resolve(spec["host"])
     ident, seq = os.getpid() & 0xFFFF, int(spec.get("seq", 1))
-    payload = b"mec-ue-ping" + bytes(45)
-    hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    packet = struct.pack("!BBHHH", 8, 0, _icmp_checksum(hdr + payload), ident, seq) + payload
+    packet = echo_request(ident, seq, int(spec.get("size", 56)))
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
         s.settimeout(TIMEOUT)
         t_send = time.time()

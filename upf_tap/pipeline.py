@@ -242,31 +242,40 @@ class Tap:
         else:
             self._outer_ip(ts_ns, data, ip, end, version)  # type: ignore[arg-type]
 
-    def _outer_ip(self, ts_ns: int, data: bytes, off: int, end: int, version: int) -> None:
+    def _ip(self, ts_ns: int, data: bytes, off: int, end: int, version: int, frags: FragmentReassembler,
+            where: str) -> tuple[int, bytes, bytes, bytes, int, int] | None:
+        """One IPv4 or IPv6 header (extension headers walked, fragments reassembled).
+
+        Returns (protocol, src, dst, data, upper-layer offset, end) - ``data`` is a new buffer
+        when fragments were put together - or None when the packet is dropped (counted under
+        ``where``: "ip" for the outer header, "inner" for the user's) or waits for fragments.
+        """
+        st = self.stats
         if version == 4:
             if end - off < 20:
-                self.stats["ip.truncated"] += 1
-                return
+                st[f"{where}.truncated"] += 1
+                return None
             vihl, _tos, tot, ident, frag, _ttl, proto, _csum, src, dst = _ipv4_hdr(data, off)
             ihl = (vihl & 0x0F) * 4
             if vihl >> 4 != 4 or ihl < 20 or tot < ihl:
-                self.stats["ip.bad_header"] += 1
-                return
+                st[f"{where}.bad_header"] += 1
+                return None
             if off + tot < end:
                 end = off + tot  # Ethernet padding
             elif off + tot > end:
-                self.stats["ip.truncated"] += 1
+                st[f"{where}.truncated"] += 1  # cut by the snap length: decode what is there
             l4 = off + ihl
             if frag & 0x3FFF:
-                whole = self.outer_frags.add((src, dst, proto, ident), ts_ns, (frag & 0x1FFF) * 8,
-                                             bool(frag & 0x2000), data[l4:end])
+                whole = frags.add((src, dst, proto, ident), ts_ns, (frag & 0x1FFF) * 8, bool(frag & 0x2000),
+                                  data[l4:end])
                 if whole is None:
-                    return
+                    return None
                 data, l4, end = whole, 0, len(whole)
-        elif version == 6:
+            return proto, src, dst, data, l4, end
+        if version == 6:
             if end - off < 40:
-                self.stats["ip.truncated"] += 1
-                return
+                st[f"{where}.truncated"] += 1
+                return None
             plen = int.from_bytes(data[off + 4 : off + 6], "big")
             if off + 40 + plen < end:
                 end = off + 40 + plen
@@ -274,18 +283,23 @@ class Tap:
             dst = data[off + 24 : off + 40]
             proto, l4, fraginfo = walk_ipv6_ext(data, data[off + 6], off + 40, end)
             if proto < 0:
-                self.stats["ip.bad_ext_header"] += 1
-                return
+                st[f"{where}.bad_ext_header"] += 1
+                return None
             if fraginfo is not None:
-                whole = self.outer_frags.add((src, dst, proto, fraginfo[2]), ts_ns, fraginfo[0],
-                                             bool(fraginfo[1]), data[l4:end])
+                whole = frags.add((src, dst, proto, fraginfo[2]), ts_ns, fraginfo[0], bool(fraginfo[1]),
+                                  data[l4:end])
                 if whole is None:
-                    return
+                    return None
                 data, l4, end = whole, 0, len(whole)
-        else:
-            self.stats["ip.bad_version"] += 1
-            return
+            return proto, src, dst, data, l4, end
+        st[f"{where}.bad_version"] += 1
+        return None
 
+    def _outer_ip(self, ts_ns: int, data: bytes, off: int, end: int, version: int) -> None:
+        ip = self._ip(ts_ns, data, off, end, version, self.outer_frags, "ip")
+        if ip is None:
+            return
+        proto, src, dst, data, l4, end = ip
         if proto == IPPROTO_UDP:
             if end - l4 < 8:
                 self.stats["udp.truncated"] += 1
@@ -323,44 +337,10 @@ class Tap:
     # ------------------------------------------------------------------ user plane
     def _user_ip(self, ts_ns: int, data: bytes, off: int, end: int, version: int,
                  tun: Tunnel | None) -> None:
-        if version == 4:
-            if end - off < 20:
-                self.stats["inner.truncated"] += 1
-                return
-            vihl, _tos, tot, ident, frag, _ttl, proto, _csum, src, dst = _ipv4_hdr(data, off)
-            ihl = (vihl & 0x0F) * 4
-            if ihl < 20 or tot < ihl:
-                self.stats["inner.bad_header"] += 1
-                return
-            if off + tot < end:
-                end = off + tot
-            l4 = off + ihl
-            if frag & 0x3FFF:
-                whole = self.inner_frags.add((src, dst, proto, ident), ts_ns, (frag & 0x1FFF) * 8,
-                                             bool(frag & 0x2000), data[l4:end])
-                if whole is None:
-                    return
-                data, l4, end = whole, 0, len(whole)
-        else:
-            if end - off < 40:
-                self.stats["inner.truncated"] += 1
-                return
-            plen = int.from_bytes(data[off + 4 : off + 6], "big")
-            if off + 40 + plen < end:
-                end = off + 40 + plen
-            src = data[off + 8 : off + 24]
-            dst = data[off + 24 : off + 40]
-            proto, l4, fraginfo = walk_ipv6_ext(data, data[off + 6], off + 40, end)
-            if proto < 0:
-                self.stats["inner.bad_ext_header"] += 1
-                return
-            if fraginfo is not None:
-                whole = self.inner_frags.add((src, dst, proto, fraginfo[2]), ts_ns, fraginfo[0],
-                                             bool(fraginfo[1]), data[l4:end])
-                if whole is None:
-                    return
-                data, l4, end = whole, 0, len(whole)
-
+        ip = self._ip(ts_ns, data, off, end, version, self.inner_frags, "inner")
+        if ip is None:
+            return
+        proto, src, dst, data, l4, end = ip
         if proto == IPPROTO_TCP:
             self._tcp(ts_ns, data, l4, end, src, dst, tun)
         elif proto == IPPROTO_UDP:

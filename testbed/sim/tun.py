@@ -8,46 +8,21 @@ the UE keeps a normal network stack, the gNB holds its "radio" end.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
 import socket
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
+
+from upf_tap.live.netns import in_netns
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
-CLONE_NEWNET = 0x40000000
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-@contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the body with the calling thread inside /run/netns/<name>, then come back."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
+# one implementation of namespace switching for the project: the tap's (a thread enters
+# /run/netns/<name> and comes back)
+__all__ = ["in_netns", "open_tun"]
 
 
 def open_tun(name: str) -> int:
