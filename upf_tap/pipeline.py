@@ -79,6 +79,7 @@ GTPU_COUNTED = {
 PROTO_NAMES = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMP: "icmp",
                IPPROTO_ICMPV6: "icmpv6", IPPROTO_SCTP: "sctp"}
 STREAM_SNIFFERS: tuple[tuple[str, ModuleType], ...] = (("http", http), ("tls", tls), ("mqtt", mqtt))
+CLIENT_UDP_PORTS = frozenset({DNS_PORT, *QUIC_PORTS, *COAP_PORTS})  # a sender to these is the client
 EXPIRY_EVERY_NS = 1_000_000_000
 LRU_TOUCH_NS = 1_000_000_000  # the LRU order is kept to this precision (saves a move per packet)
 HARD_EXPIRY_EVERY_NS = 30_000_000_000
@@ -367,6 +368,24 @@ class Tap:
             return client_is_src  # UEs open connections far more often than they accept them
         return True
 
+    def _flow_for(self, ts_ns: int, table: dict[bytes, tuple[Flow, int]], proto: int, key: bytes, data: bytes,
+                  l4: int, end: int, src: bytes, dst: bytes, sport: int, dport: int, tun: Tunnel | None,
+                  client_is_src: bool | None) -> tuple[Flow, int]:
+        """The packet's flow and direction (a new flow if none), with its counters updated."""
+        hit = table.get(key)
+        if hit is None:
+            rkey = dst + src + data[l4 + 2 : l4 + 4] + data[l4 : l4 + 2] if sport or dport else dst + src + key[-2:]
+            flow = self._new_flow(ts_ns, table, key, rkey, proto, src, dst, sport, dport, tun, client_is_src)
+            idx = 0
+        else:
+            flow, idx = hit
+            if ts_ns - flow.last_ns > LRU_TOUCH_NS:
+                self.flows.lru.move_to_end(flow.key0)
+        flow.last_ns = ts_ns
+        flow.pkts[idx] += 1
+        flow.octets[idx] += end - l4
+        return flow, idx
+
     def _new_flow(self, ts_ns: int, table: dict[bytes, tuple[Flow, int]], key: bytes, rkey: bytes,
                   proto: int, src: bytes, dst: bytes, sport: int, dport: int, tun: Tunnel | None,
                   client_is_src: bool | None) -> Flow:
@@ -390,24 +409,13 @@ class Tap:
             self.stats["tcp.bad_header"] += 1
             return
         key = src + dst + data[l4 : l4 + 4]
-        hit = self.tcp_flows.get(key)
         plen = end - l4 - hlen
-        if hit is None:
-            if not flags & TCP_SYN and not plen:
-                self.stats["tcp.stray"] += 1  # e.g. the last ACK after a close: no flow to start
-                return
-            rkey = dst + src + data[l4 + 2 : l4 + 4] + data[l4 : l4 + 2]
-            client = (not flags & TCP_ACK) if flags & TCP_SYN else None
-            flow = self._new_flow(ts_ns, self.tcp_flows, key, rkey, IPPROTO_TCP, src, dst, sport, dport,
-                                  tun, client)
-            idx = 0
-        else:
-            flow, idx = hit
-            if ts_ns - flow.last_ns > LRU_TOUCH_NS:
-                self.flows.lru.move_to_end(flow.key0)
-        flow.last_ns = ts_ns
-        flow.pkts[idx] += 1
-        flow.octets[idx] += end - l4
+        if not flags & TCP_SYN and not plen and key not in self.tcp_flows:
+            self.stats["tcp.stray"] += 1  # e.g. the last ACK after a close: no flow to start
+            return
+        client = (not flags & TCP_ACK) if flags & TCP_SYN else None
+        flow, idx = self._flow_for(ts_ns, self.tcp_flows, IPPROTO_TCP, key, data, l4, end, src, dst, sport,
+                                   dport, tun, client)
         sd = flow.streams[idx]
         if sd is None:
             sd = flow.streams[idx] = StreamDirection()
@@ -436,22 +444,9 @@ class Tap:
         if end - l4 < 8:
             self.stats["udp.truncated"] += 1
             return
-        key = src + dst + data[l4 : l4 + 4]
-        hit = self.udp_flows.get(key)
         sport, dport = _ports(data, l4)
-        if hit is None:
-            rkey = dst + src + data[l4 + 2 : l4 + 4] + data[l4 : l4 + 2]
-            client = True if dport in (DNS_PORT, *QUIC_PORTS, *COAP_PORTS) else None
-            flow = self._new_flow(ts_ns, self.udp_flows, key, rkey, IPPROTO_UDP, src, dst, sport, dport,
-                                  tun, client)
-            idx = 0
-        else:
-            flow, idx = hit
-            if ts_ns - flow.last_ns > LRU_TOUCH_NS:
-                self.flows.lru.move_to_end(flow.key0)
-        flow.last_ns = ts_ns
-        flow.pkts[idx] += 1
-        flow.octets[idx] += end - l4
+        flow, idx = self._flow_for(ts_ns, self.udp_flows, IPPROTO_UDP, src + dst + data[l4 : l4 + 4], data, l4,
+                                   end, src, dst, sport, dport, tun, True if dport in CLIENT_UDP_PORTS else None)
         if dport == DNS_PORT:
             self._datagram("dns", dns, ts_ns, flow, idx, tun, data[l4 + 8 : end])
         elif dport in QUIC_PORTS:
@@ -496,20 +491,10 @@ class Tap:
         # ICMP "flows" are keyed by the addresses and the echo identifier
         table = self.flows.table(proto)
         ident = data[l4 + 4 : l4 + 6] if end - l4 >= 6 else b"\0\0"
-        key = src + dst + ident
-        hit = table.get(key)
-        if hit is None:
-            t = data[l4]
-            client = True if t in (8, 128) else (False if t in (0, 129) else None)
-            flow = self._new_flow(ts_ns, table, key, dst + src + ident, proto, src, dst, 0, 0, tun, client)
-            idx = 0
-        else:
-            flow, idx = hit
-            if ts_ns - flow.last_ns > LRU_TOUCH_NS:
-                self.flows.lru.move_to_end(flow.key0)
-        flow.last_ns = ts_ns
-        flow.pkts[idx] += 1
-        flow.octets[idx] += end - l4
+        t = data[l4]
+        client = True if t in (8, 128) else (False if t in (0, 129) else None)  # echo request / reply
+        flow, idx = self._flow_for(ts_ns, table, proto, src + dst + ident, data, l4, end, src, dst, 0, 0, tun,
+                                   client)
         try:
             found = icmp.dissect_icmp(data[l4:end], proto == IPPROTO_ICMPV6)
         except Malformed:
