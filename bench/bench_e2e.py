@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             print(res.stderr[-2000:], file=sys.stderr)
             raise SystemExit(f"bench_e2e: the demo at {rate:g}/s wrote no report")
         report = json.loads(report_path.read_text())
-        warm = [t for t in report["traces"] if t["phase"] == "warm" and t["t_send"]]
-        sends = sorted(t["t_send"] for t in warm)
+        paced = [t for t in report["traces"] if t["round"] == "warm" and t["t_send"]]
+        sends = sorted(t["t_send"] for t in paced)
         achieved = (len(sends) - 1) / (sends[-1] - sends[0]) if len(sends) > 1 else 0.0
         rows.append((rate, achieved, report["meta"], report["summary"]["warm"], wall))
     print(f"machine: {os.cpu_count()} cores; {args.ues} UEs; sim lab (GTP-U/PFCP in namespaces), upf-tap live, "

@@ -65,8 +65,9 @@ class Trace:
 
     ue: int
     kind: str
-    phase: str                     # cold | warm
+    phase: str                     # cold | warm: did the function start for this event
     key: str                       # what ties the action to its CloudEvent (e.g. n=17)
+    round: str = ""                # the workload's round: cold (first uses), warm (paced buys), replay
     t_send: float | None = None
     t_capture: float | None = None
     t_detector: float | None = None
@@ -149,7 +150,7 @@ def build_traces(actions: list[dict[str, Any]], events: list[dict[str, Any]],
     traces = []
     for a in actions:
         phase, _, key = str(a.get("tag", "")).partition(":")
-        tr = Trace(a["ue"], a["kind"], phase, key, t_send=a.get("t_send"))
+        tr = Trace(a["ue"], a["kind"], phase, key, round=phase, t_send=a.get("t_send"))
         ev = by_key.get(key)
         if ev is not None:
             attrs = ev["attributes"]
