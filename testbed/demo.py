@@ -220,7 +220,7 @@ def write_plot(summary: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     labels = [label for name, label, _a, _b in STAGES]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), sharey=True)
     for ax, phase in zip(axes, ("cold", "warm"), strict=True):
         ys = range(len(STAGES))
         for q, color in (("p50", "#4c72b0"), ("p95", "#dd8452"), ("p99", "#c44e52")):
@@ -233,7 +233,7 @@ def write_plot(summary: dict[str, Any], path: Path) -> bool:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(STAGES)), labels)
     axes[0].invert_yaxis()
-    axes[1].legend(loc="lower right")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle("MEC serverless testbed: UE action → serverless function, per stage")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
