@@ -151,10 +151,17 @@ class Tap:
         self.last_ns = 0
         self._seq = 0
         self.control: Any = None
-        if config.control_plane:
+        self.wants_control = config.control_plane
+        if config.control_plane and config.identity_file:
+            self.start_control()  # now: a bad identity file is an error before any packet
+
+    def start_control(self) -> Any:
+        """The control plane, made on first need (its decoders cost imports a pure N3 trace never uses)."""
+        if self.control is None and self.wants_control:
             from upf_tap.control.correlator import ControlPlane
 
-            self.control = ControlPlane(config.tap_id, emit, self.stats, config.identity_file)
+            self.control = ControlPlane(self.cfg.tap_id, self.emit, self.stats, self.cfg.identity_file)
+        return self.control
 
     # ------------------------------------------------------------------ outer layers
     def feed(self, ts_ns: int, linktype: int, frame: bytes | memoryview) -> None:
@@ -309,11 +316,11 @@ class Tap:
             gtpu = self.gtpu_ports
             if dport in gtpu or sport in gtpu:
                 self._gtpu(ts_ns, data, l4 + 8, end, src, dst)
-            elif (dport == PFCP_PORT or sport == PFCP_PORT) and self.control is not None:
+            elif (dport == PFCP_PORT or sport == PFCP_PORT) and self.start_control() is not None:
                 self.control.on_pfcp(ts_ns, ip_str(src), sport, ip_str(dst), dport, data[l4 + 8 : end])
             else:
                 self.stats["outer.other_udp"] += 1
-        elif proto == IPPROTO_SCTP and self.control is not None:
+        elif proto == IPPROTO_SCTP and self.start_control() is not None:
             self.control.on_sctp(ts_ns, ip_str(src), ip_str(dst), data[l4:end])
         else:
             self.stats["outer.other"] += 1

@@ -207,7 +207,7 @@ def run_live(args: argparse.Namespace) -> int:
 
         # A throw-away tap: a bad identity file fails here, in one line, and the decoders
         # (pycrate's NGAP takes about a second) are imported once, before workers fork.
-        Tap(cfg, lambda ev: None)
+        Tap(cfg, lambda ev: None).start_control()
     except ValueError as e:
         _err(str(e))
         return EXIT_BAD_INPUT
