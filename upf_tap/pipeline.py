@@ -16,7 +16,7 @@ import ipaddress
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -104,7 +104,6 @@ class TapConfig:
     max_fragment_sets: int = DEFAULT_MAX_FRAGMENT_SETS
     identity_file: str | None = None
     control_plane: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _stream_dissector(dport: int, first: bytes) -> tuple[str, ModuleType | None]:
@@ -151,13 +150,12 @@ class Tap:
         self.last_ns = 0
         self._seq = 0
         self.control: Any = None
-        self.wants_control = config.control_plane
         if config.control_plane and config.identity_file:
             self.start_control()  # now: a bad identity file is an error before any packet
 
     def start_control(self) -> Any:
         """The control plane, made on first need (its decoders cost imports a pure N3 trace never uses)."""
-        if self.control is None and self.wants_control:
+        if self.control is None and self.cfg.control_plane:
             from upf_tap.control.correlator import ControlPlane
 
             self.control = ControlPlane(self.cfg.tap_id, self.emit, self.stats, self.cfg.identity_file)
