@@ -155,12 +155,12 @@ class Stack:
         token_file.write_text(self.token + "\n")
         token_file.chmod(0o600)
         self.progress(f"starting the detector on {self.detector_url} (sink {self.broker_url}{BROKER_PATH})")
+        (self.workdir / "detector").mkdir(exist_ok=True)
         proc, log = self._spawn("detector", [
             sys.executable, "-m", "detector", "serve", "--listen", f"127.0.0.1:{port}",
             "--sink", f"{self.broker_url}{BROKER_PATH}", "--rules", str(self.rules),
             "--outbox", str(self.workdir / "detector" / "outbox.db"), "--token-file", str(token_file),
             "--detector-id", "demo", "--ingest-time"])
-        (self.workdir / "detector").mkdir(exist_ok=True)
         wait_http(f"{self.detector_url}/healthz", "the detector", proc, log=log)
 
     def _start_tap(self) -> None:
