@@ -60,9 +60,13 @@ from upf_tap.tcp_stream import StreamDirection
 _ipv4_hdr = struct.Struct("!BBHHHBBH4s4s").unpack_from
 _ports = struct.Struct("!HH").unpack_from
 _tcp_hdr = struct.Struct("!HHIIBB").unpack_from  # ports, seq, ack, data offset, flags
-# Ethernet(type) IPv4(vihl, frag, proto) UDP(ports) GTP-U(flags, type, length, next ext) ext(len)
-# inner IPv4(vihl, total, frag, proto, src+dst) TCP(flags): the common N3 frame in one call.
-_fast_n3 = struct.Struct("!12xHB5xHxB10xHH4xBBH7xBB2xBBxH2xHxB2x8s12xBB").unpack_from
+# The common N3 frame read in one call, fields packed by what is tested together:
+# Ethernet type + IPv4 version/IHL (12-15), fragment bits + protocol (20-23), UDP ports,
+# GTP-U flags + type + length (42-45), next-extension type + PDU Session Container length
+# (53-54), its next type + inner IPv4 version/IHL (57-58), inner total length, inner
+# fragment bits + protocol (64-67), TCP data offset + flags (90-91). The inner addresses
+# and ports (70-81) are the flow key, sliced apart.
+_fast_n3 = struct.Struct("!12xI4xI10xHH4xI7xH2xHxH2xI22xH").unpack_from
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02
@@ -205,19 +209,17 @@ class Tap:
                         self._expire(ts_ns)
                         next_expiry = self.next_expiry
                     if use_fast and linktype == 1 and end - start >= 98:
-                        (etype, vihl, frag, proto, sport, dport, gflags, gtype, glen, nxt, elen, nxt2,
-                         ivihl, itot, ifrag, iproto, addrs, doff, tflags) = fast(buf, start)
-                        if (etype == 0x0800 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF
-                                and gflags == 0x34 and gtype == 255 and nxt == 0x85 and elen == 1 and nxt2 == 0
-                                and ivihl == 0x45 and iproto == 6 and not ifrag & 0x3FFF
-                                and not tflags & 0x07 and start + 50 + glen <= end and itot >= 40
+                        eth_ip, frag_proto, sport, dport, gtp, ext, ext_ip, itot, ifrag_proto, tcp = fast(buf, start)
+                        if (eth_ip >> 8 == 0x080045 and frag_proto & 0x3FFF00FF == 17 and gtp >> 16 == 0x34FF
+                                and ext == 0x8501 and ext_ip == 0x0045 and ifrag_proto & 0x3FFF00FF == 6
+                                and not tcp & 0x07 and start + 50 + (gtp & 0xFFFF) <= end and itot >= 40
                                 and (dport in gtpu_ports or sport in gtpu_ports)):
-                            hit = flows_get(addrs + buf[start + 78 : start + 82])
+                            hit = flows_get(buf[start + 70 : start + 82])
                             if hit is not None:
                                 flow, idx = hit
                                 sd = flow.streams[idx]
                                 # nothing to inspect: the direction is done, or a bare ACK
-                                if (sd is not None and sd.done) or itot == 20 + (doff >> 4) * 4:
+                                if (sd is not None and sd.done) or itot == 20 + (tcp >> 12) * 4:
                                     if ts_ns - flow.last_ns > LRU_TOUCH_NS:
                                         lru_touch(flow.key0)
                                     flow.last_ns = ts_ns
