@@ -209,11 +209,14 @@ def load_handler(name: str) -> Handler:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m testbed.functions.serve",
                                  description="Serve one sample function as CloudEvents over HTTP.")
-    ap.add_argument("function", help="handler module in testbed.functions (buy, dns_edge, logger)")
+    ap.add_argument("function", nargs="?", default=os.environ.get("FN_HANDLER"),
+                    help="handler module in testbed.functions (buy, dns_edge, logger); default $FN_HANDLER")
     ap.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="address to bind (default 0.0.0.0)")
     ap.add_argument("--port", type=int, default=None, help="port (default: $PORT, else 8080; 0 = any free port)")
     ap.add_argument("--ready-line", action="store_true", help="print 'READY port=N' on stdout once listening")
     args = ap.parse_args(argv)
+    if not args.function:
+        ap.error("name the function (buy, dns_edge, logger) or set FN_HANDLER")
     port = args.port
     if port is None:
         try:

@@ -334,7 +334,6 @@ def offline_problems(shared: Path) -> list[str]:
             problems += knative_errors(doc, schemas, where) if is_knative(doc) else core_errors(doc, where)
             problems += [f"{where}: {why}" for img in pod_images(doc) if (why := pin_problem(img)) is not None]
     dockerfiles = sorted(L.DOCKER_DIR.glob("*.Dockerfile")) + sorted(L.COMPOSE_DIR.rglob("*.Dockerfile"))
-    dockerfiles += sorted((L.K8S_DIR / "functions").glob("*/Dockerfile"))
     for f in dockerfiles:
         problems += [f"{f.relative_to(L.REPO)}: {why}" for b in dockerfile_froms(f)
                      if (why := pin_problem(b)) is not None]

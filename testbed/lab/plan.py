@@ -64,28 +64,27 @@ def kubectl(*args: str) -> list[str]:
     return ["kubectl", "--context", f"kind-{L.CLUSTER}", *args]
 
 
-def function_images(knative_dir: Path = L.K8S_DIR / "knative",
-                    functions_dir: Path = L.K8S_DIR / "functions") -> list[tuple[Path, str]]:
-    """(k8s/functions/<name>, image) for each Knative Service image built from this repository.
+def function_images(knative_dir: Path = L.K8S_DIR / "knative") -> list[tuple[str, str]]:
+    """(function module, image) for each Knative Service image built from this repository.
 
-    The image tag is the one the Service names (the lab builds it and `kind load`s it); a
-    Service image `<registry>/<path>/fn-<name>:<tag>` or `.../<name>:<tag>` maps to
-    k8s/functions/<name>/Dockerfile. Images of other projects are left to the cluster to pull.
+    The image tag is the one the Service names (the lab builds it from
+    docker/function.Dockerfile with FUNCTION=<module> and `kind load`s it); a Service image
+    `<registry>/<path>/fn-<name>:<tag>` runs testbed/functions/<name>.py (dashes as
+    underscores). Images of other projects are left to the cluster to pull.
     """
+    from testbed.broker.runner import function_for_image
     from testbed.lab.checks import manifest_files, pod_images, yaml_documents
 
-    dirs = {p.parent.name: p.parent for p in functions_dir.glob("*/Dockerfile")} if functions_dir.is_dir() else {}
-    found: dict[str, Path] = {}
+    found: dict[str, str] = {}
     for f in manifest_files(knative_dir):
         for _, doc in yaml_documents(f):
             if doc.get("kind") != "Service" or not str(doc.get("apiVersion", "")).startswith("serving.knative.dev/"):
                 continue
             for image in pod_images(doc):
-                base = image.rsplit("/", 1)[-1].split("@")[0].split(":")[0]
-                name = base.removeprefix("fn-")
-                if name in dirs:
-                    found.setdefault(image, dirs[name])
-    return sorted(((d, img) for img, d in found.items()), key=lambda x: x[1])
+                module = function_for_image(image)
+                if module:
+                    found.setdefault(image, module)
+    return sorted(((m, img) for img, m in found.items()), key=lambda x: x[1])
 
 
 def _registry(image: str) -> str:
@@ -183,10 +182,11 @@ def up_plan(versions: dict[str, str], subs: list[Subscriber], *, k8s: bool = Tru
                  ["kind", "load", "docker-image", L.DETECTOR_IMAGE, "--name", L.CLUSTER]),
         ]
         fn_images = function_images()
-        for d, img in fn_images:
+        for module, img in fn_images:
             steps += [
-                Step(f"build function {d.name}", ["docker", "build", "-f", _rel(d / "Dockerfile"), "-t", img, "."]),
-                Step(f"load function {d.name} into kind", ["kind", "load", "docker-image", img, "--name", L.CLUSTER]),
+                Step(f"build function {module}", ["docker", "build", "-f", "docker/function.Dockerfile",
+                                                  "--build-arg", f"FUNCTION={module}", "-t", img, "."]),
+                Step(f"load function {module} into kind", ["kind", "load", "docker-image", img, "--name", L.CLUSTER]),
             ]
         # Knative resolves tags to digests by asking the registry; kind-loaded images are in no registry
         skip = ["kind.local", "ko.local", "dev.local"]

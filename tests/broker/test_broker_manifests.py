@@ -123,10 +123,9 @@ def test_knative_manifests_load_and_every_service_runs_locally() -> None:
     for svc in m.services.values():
         assert function_for_image(svc.image), svc.image
         assert svc.image.startswith("ghcr.io/mec-testbed/fn-") and ":" in svc.image
-    for name in ("buy", "dns-edge", "logger"):
-        dockerfile = (REPO / "k8s" / "functions" / name / "Dockerfile").read_text()
-        assert "FROM python:3.11.13-slim-bookworm" in dockerfile
-        assert "USER 65532" in dockerfile
+    dockerfile = (REPO / "docker" / "function.Dockerfile").read_text()
+    assert "FROM python:3.11.13-slim-bookworm" in dockerfile
+    assert "USER 65532" in dockerfile and "ARG FUNCTION" in dockerfile
 
 
 BROKER = """\
