@@ -53,6 +53,8 @@ def test_demo_without_root_falls_back_to_replay(tmp_path: Path) -> None:
     import shutil
     import tempfile
 
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     probe = subprocess.run([*as_nobody, sys.executable, "-c", "import subprocess, sys, testbed; "
                             "subprocess.run([sys.executable, '-c', 'pass'], check=True)"],
