@@ -29,10 +29,10 @@ from typing import Any
 from testbed.sim import ctl, gtpu
 from testbed.sim.topology import GNB_N3_IP
 from testbed.sim.tun import in_netns, open_tun
-from upf_tap.constants import GTPU_ECHO_REQUEST, GTPU_GPDU, GTPU_PORT
+from upf_tap.constants import GTPU_PORT
 
 log = logging.getLogger("gnb")
-MAX_PACKET = 65535
+MAX_PACKET = gtpu.MAX_DATAGRAM  # TUN reads: the largest IP packet
 FIRST_DL_TEID = 0x100   # gNB TEIDs are distinct from the UPF's (which start at 1): easier to read in captures
 
 
@@ -111,23 +111,7 @@ class Gnb:
 
     def on_gtpu(self) -> None:
         assert self.gtp is not None
-        while True:
-            try:
-                data, addr = self.gtp.recvfrom(MAX_PACKET)
-            except BlockingIOError:
-                return
-            try:
-                msg = gtpu.decode(data)
-            except gtpu.GtpuError as e:
-                self.counters["gtpu_bad"] += 1
-                log.debug("GTP-U from %s dropped: %s", addr[0], e)
-                continue
-            if msg.msg_type == GTPU_ECHO_REQUEST:
-                self.counters["echo"] += 1
-                self.gtp.sendto(gtpu.encode_echo_response(msg.seq or 0), addr)
-                continue
-            if msg.msg_type != GTPU_GPDU:
-                continue
+        for msg in gtpu.receive_gpdus(self.gtp, self.counters, log):
             ctx = self.by_teid.get(msg.teid)
             if ctx is None:
                 self.counters["dl_unknown_teid"] += 1

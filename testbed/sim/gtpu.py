@@ -7,7 +7,11 @@ Open5GS do on N3.
 
 from __future__ import annotations
 
+import logging
+import socket
 import struct
+from collections import Counter
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from upf_tap.constants import (
@@ -22,6 +26,7 @@ PDU_TYPE_UL = 1
 _FLAGS_E = 0x34        # version 1, PT 1 (GTP), E (extension header present)
 _FLAGS_S = 0x32        # version 1, PT 1, S (sequence number present)
 _RECOVERY_IE = 14
+MAX_DATAGRAM = 65535
 
 
 class GtpuPacket(NamedTuple):
@@ -89,3 +94,28 @@ def decode(data: bytes) -> GtpuPacket:
             next_type = data[off + ext_len - 1]
             off += ext_len
     return GtpuPacket(msg_type, teid, seq, pdu_type, qfi, bytes(data[off:end]))
+
+
+def receive_gpdus(sock: socket.socket, counters: Counter[str], log: logging.Logger
+                  ) -> Iterator[GtpuPacket]:
+    """Drain a non-blocking GTP-U socket: answer echo requests, count garbage, yield G-PDUs.
+
+    The one N3 receive loop of the sim's gNB and UPF (TS 29.281 §7.2: a node answers echo).
+    """
+    while True:
+        try:
+            data, addr = sock.recvfrom(MAX_DATAGRAM)
+        except BlockingIOError:
+            return
+        try:
+            msg = decode(data)
+        except GtpuError as e:
+            counters["gtpu_bad"] += 1
+            log.debug("GTP-U from %s dropped: %s", addr[0], e)
+            continue
+        if msg.msg_type == GTPU_ECHO_REQUEST:
+            counters["echo"] += 1
+            sock.sendto(encode_echo_response(msg.seq or 0), addr)
+        elif msg.msg_type == GTPU_GPDU:
+            yield msg
+

@@ -28,11 +28,11 @@ from scapy.contrib import pfcp as sp
 from testbed.sim import ctl, gtpu, pfcp
 from testbed.sim.topology import UPF_N3_IP, UPF_N4_IP, UPF_TUN
 from testbed.sim.tun import open_tun
-from upf_tap.constants import GTPU_ECHO_REQUEST, GTPU_GPDU, GTPU_PORT, PFCP_PORT
+from upf_tap.constants import GTPU_PORT, PFCP_PORT
 
 log = logging.getLogger("upf")
 NTP_EPOCH_OFFSET = 2_208_988_800   # seconds from 1900 (PFCP time stamps) to 1970
-MAX_PACKET = 65535
+MAX_PACKET = gtpu.MAX_DATAGRAM  # TUN reads: the largest IP packet
 
 
 @dataclass
@@ -298,23 +298,7 @@ class Upf:
 
     def on_gtpu(self) -> None:
         assert self.gtp is not None
-        while True:
-            try:
-                data, addr = self.gtp.recvfrom(MAX_PACKET)
-            except BlockingIOError:
-                return
-            try:
-                msg = gtpu.decode(data)
-            except gtpu.GtpuError as e:
-                self.counters["gtpu_bad"] += 1
-                log.debug("GTP-U from %s dropped: %s", addr[0], e)
-                continue
-            if msg.msg_type == GTPU_ECHO_REQUEST:
-                self.counters["echo"] += 1
-                self.gtp.sendto(gtpu.encode_echo_response(msg.seq or 0), addr)
-                continue
-            if msg.msg_type != GTPU_GPDU:
-                continue
+        for msg in gtpu.receive_gpdus(self.gtp, self.counters, log):
             hit = self.by_teid.get(msg.teid)
             if hit is None:
                 self.counters["ul_no_session"] += 1

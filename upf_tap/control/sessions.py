@@ -11,6 +11,7 @@ F-SEID at the SMF's address (responses and Session Report Requests).
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,20 @@ class _Pending:
     ts_ns: int
     seid: int | None
     facts: SessionFacts
+
+
+def _upsert(table: dict[int, Any], items: list[Any], id_field: str, anon_base: int,
+            merge: Callable[[Any, Any], None]) -> None:
+    """Add rules to a session's table by id, merging into one already there; rules without an
+    id get negative keys from ``anon_base`` down (so they never collide with real ids)."""
+    for n, item in enumerate(items):
+        key = getattr(item, id_field)
+        if key is None:
+            key = anon_base - n
+        if key in table:
+            merge(table[key], item)
+        else:
+            table[key] = item
 
 
 def _merge_pdr(old: Pdr, new: Pdr) -> None:
@@ -303,24 +318,9 @@ class SessionTable:
             s.pdrs.pop(pid, None)
         for fid in req.removed_fars:
             s.fars.pop(fid, None)
-        for n, pdr in enumerate(req.pdrs):
-            pid = pdr.pdr_id if pdr.pdr_id is not None else -1 - n
-            if pid in s.pdrs:
-                _merge_pdr(s.pdrs[pid], pdr)
-            else:
-                s.pdrs[pid] = pdr
-        for n, far in enumerate(req.fars):
-            fid = far.far_id if far.far_id is not None else -1 - n
-            if fid in s.fars:
-                _merge_far(s.fars[fid], far)
-            else:
-                s.fars[fid] = far
-        for n, created in enumerate(resp.created_pdrs):
-            pid = created.pdr_id if created.pdr_id is not None else -1000 - n
-            if pid in s.pdrs:
-                _merge_pdr(s.pdrs[pid], created)
-            else:
-                s.pdrs[pid] = created
+        _upsert(s.pdrs, req.pdrs, "pdr_id", -1, _merge_pdr)
+        _upsert(s.fars, req.fars, "far_id", -1, _merge_far)
+        _upsert(s.pdrs, resp.created_pdrs, "pdr_id", -1000, _merge_pdr)
         s.qer_qfis.update(req.qfis)
         if req.user_id:
             s.user_id = req.user_id
