@@ -105,7 +105,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         if len(args.files) == 1:
-            tap.consume_batches(read_batches(args.files[0], tap.stats))
+            tap.consume_batches(read_batches(args.files[0], tap.stats, runs=True))
         else:
             tap.consume(merge_captures(args.files, tap.stats))
     except CaptureError as e:

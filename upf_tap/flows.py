@@ -55,12 +55,15 @@ class Flow:
 class FlowTable:
     """Flows by directional key, with LRU order for eviction and idle expiry."""
 
-    __slots__ = ("by_proto", "hard_ns", "idle_ns", "lru", "max_flows", "on_end")
+    __slots__ = ("by_proto", "hard_ns", "idle_ns", "lru", "max_flows", "on_end", "skip")
 
     def __init__(self, max_flows: int, idle_s: float, hard_s: float,
                  on_end: Callable[[Flow, int, str], None]) -> None:
         self.by_proto: dict[int, dict[bytes, tuple[Flow, int]]] = {}
         self.lru: OrderedDict[bytes, Flow] = OrderedDict()  # key0 -> flow, least recent first
+        # TCP directions with nothing left to inspect (their stream is done), as in the TCP
+        # table: the fast path's one lookup for a data segment
+        self.skip: dict[bytes, tuple[Flow, int]] = {}
         self.max_flows = max_flows
         self.idle_ns = int(idle_s * 1e9)
         self.hard_ns = int(hard_s * 1e9)
@@ -85,6 +88,9 @@ class FlowTable:
         t = flow.table
         t.pop(flow.key0, None)
         t.pop(flow.key1, None)
+        if self.skip and flow.proto == "tcp":
+            self.skip.pop(flow.key0, None)
+            self.skip.pop(flow.key1, None)
         self.lru.pop(flow.key0, None)
         self.on_end(flow, ts_ns, reason)
 

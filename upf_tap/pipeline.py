@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from testbed.constants import UE_POOLS
+from upf_tap.capture.pcapfile import PcapRun
 from upf_tap.constants import (
     COAP_PORTS,
     DEFAULT_FLOW_HARD_TIMEOUT,
@@ -61,12 +62,15 @@ _ipv4_hdr = struct.Struct("!BBHHHBBH4s4s").unpack_from
 _ports = struct.Struct("!HH").unpack_from
 _tcp_hdr = struct.Struct("!HHIIBB").unpack_from  # ports, seq, ack, data offset, flags
 # The common N3 frame read in one call, fields packed by what is tested together:
-# Ethernet type + IPv4 version/IHL (12-15), fragment bits + protocol (20-23), UDP ports,
+# Ethernet type + IPv4 version/IHL (12-15), fragment bits + protocol (20-23), both UDP ports,
 # GTP-U flags + type + length (42-45), next-extension type + PDU Session Container length
 # (53-54), its next type + inner IPv4 version/IHL (57-58), inner total length, inner
 # fragment bits + protocol (64-67), TCP data offset + flags (90-91). The inner addresses
 # and ports (70-81) are the flow key, sliced apart.
-_fast_n3 = struct.Struct("!12xI4xI10xHH4xI7xH2xHxH2xI22xH").unpack_from
+_fast_n3 = struct.Struct("!12xI4xI10xI4xI7xH2xHxH2xI22xH").unpack_from
+# GTP-U flags/type 0x34FF and length L pass ``gtp <= _GTP_ROOM + frame length`` when the
+# L bytes after the 8-byte header (at frame offset 42) fit in the frame.
+_GTP_ROOM = 0x34FF0000 - 50
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02
@@ -84,6 +88,7 @@ PROTO_NAMES = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMP: "icmp",
                IPPROTO_ICMPV6: "icmpv6", IPPROTO_SCTP: "sctp"}
 STREAM_SNIFFERS: tuple[tuple[str, ModuleType], ...] = (("http", http), ("tls", tls), ("mqtt", mqtt))
 CLIENT_UDP_PORTS = frozenset({DNS_PORT, *QUIC_PORTS, *COAP_PORTS})  # a sender to these is the client
+NS = 1_000_000_000  # nanoseconds per second
 EXPIRY_EVERY_NS = 1_000_000_000
 LRU_TOUCH_NS = 1_000_000_000  # the LRU order is kept to this precision (saves a move per packet)
 HARD_EXPIRY_EVERY_NS = 30_000_000_000
@@ -140,6 +145,7 @@ class Tap:
         self.octets = 0
         self.n6 = config.point == "n6"
         self.gtpu_ports = frozenset(config.gtpu_ports)
+        self.both_gtpu_ports = frozenset((a << 16) | b for a in self.gtpu_ports for b in self.gtpu_ports)
         self.depth = config.stream_depth
         self.pools = [ipaddress.ip_network(p, strict=False) for p in config.ue_pools]
         self.outer_frags = FragmentReassembler(self.stats, "ip.outer_frag", config.max_fragment_sets,
@@ -181,59 +187,119 @@ class Tap:
         """Decode many frames: the same as ``feed`` on each, through the fast path."""
         self.consume_batches((f if type(f) is bytes else bytes(f), [ts, lt, 0, len(f)]) for ts, lt, f in packets)
 
-    def consume_batches(self, batches: Iterable[tuple[bytes, list[int]]]) -> None:
-        """Decode packets given as ``(buf, [ts_ns, linktype, start, end, ...])`` (see
-        ``capture.pcapfile.read_batches``): no per-packet object for the bulk of the traffic.
+    def consume_batches(self, batches: Iterable[tuple[bytes, list[int]] | PcapRun]) -> None:
+        """Decode what ``capture.pcapfile.read_batches`` yields: batches ``(buf, [ts_ns,
+        linktype, start, end, ...])``, or with ``runs=True`` :class:`PcapRun` chunks of a pcap
+        file, whose records this loop walks itself. No object is made per packet for the bulk
+        of the traffic.
 
         The bulk of N3 traffic is Ethernet/IPv4/UDP/GTP-U (one PDU Session Container)/IPv4/TCP
-        on a flow whose inspection is over, or a bare ACK: one ``unpack_from`` at the frame's
-        offset and one dict lookup decide it, with every name local. Anything else is copied
-        out and takes ``feed_at``.
+        on a flow direction whose inspection is over, or a bare ACK: one ``unpack_from`` at
+        the frame's offset and one dict lookup decide it, with every name local (see
+        ``_fast_n3``). Anything else is copied out and takes ``feed_at``. The two loops below
+        hold the same test on purpose: a function call per packet would cost more than the
+        test itself.
         """
-        fast = _fast_n3
-        flows_get = self.tcp_flows.get
+        for item in batches:
+            if type(item) is PcapRun:
+                self._walk_pcap(item)
+            else:
+                self._walk_batch(*item)
+
+    def _walk_pcap(self, run: PcapRun) -> None:
+        """Every whole record of one pcap chunk (the contract is in PcapRun's docstring)."""
+        fast, rec, slow = _fast_n3, run.rec, self.feed_at
+        flows_get, skip_get = self.tcp_flows.get, self.flows.skip.get
         lru_touch = self.flows.lru.move_to_end
-        gtpu_ports = self.gtpu_ports
-        slow = self.feed_at
+        gtpu_ports, both_ports = self.gtpu_ports, self.both_gtpu_ports
+        linktype, mul, limit = run.linktype, run.mul, run.limit
+        use_fast = not self.n6 and linktype == LINKTYPE_ETHERNET
+        count_flows = self.cfg.flows
+        next_expiry = self.next_expiry
+        buf, off = run.buf, run.off
+        first, n = off, len(buf)
+        npk = 0
+        ts_ns = self.last_ns
+        try:
+            while True:
+                try:
+                    sec, frac, incl, _orig = rec(buf, off)
+                except struct.error:  # fewer than 16 bytes left in the chunk
+                    break
+                start = off + 16
+                end = start + incl
+                if end > n or incl > limit:
+                    break
+                off = end
+                npk += 1
+                ts_ns = sec * NS + frac * mul
+                if ts_ns >= next_expiry:
+                    self._expire(ts_ns)
+                    next_expiry = self.next_expiry
+                if use_fast and incl >= 98:
+                    eth_ip, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, tcp = fast(buf, start)
+                    if (0x08004500 <= eth_ip <= 0x080045FF and frag_proto & 0x3FFF00FF == 17
+                            and 0x34FF0000 <= gtp <= _GTP_ROOM + incl and ext == 0x8501 and ext_ip == 0x0045
+                            and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07 and itot >= 40
+                            and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
+                        # a bare ACK: any flow; data: a direction with nothing left to inspect
+                        hit = (flows_get if itot == 20 + (tcp >> 12) * 4 else skip_get)(buf[start + 70 : start + 82])
+                        if hit is not None:
+                            flow, idx = hit
+                            if ts_ns - flow.last_ns > LRU_TOUCH_NS:
+                                lru_touch(flow.key0)
+                            flow.last_ns = ts_ns
+                            if count_flows:  # per-flow counters only show in flow.end events
+                                flow.pkts[idx] += 1
+                                flow.octets[idx] += itot - 20
+                            continue
+                self.last_ns = ts_ns
+                slow(ts_ns, linktype, buf[start:end], 0, incl)
+        finally:
+            run.off = off
+            run.packets += npk
+            self.packets += npk
+            self.octets += off - first - 16 * npk
+            self.last_ns = ts_ns
+
+    def _walk_batch(self, buf: bytes, recs: list[int]) -> None:
+        """The packets of one batch (``read_batches``): the same fast test as ``_walk_pcap``."""
+        fast, slow = _fast_n3, self.feed_at
+        flows_get, skip_get = self.tcp_flows.get, self.flows.skip.get
+        lru_touch = self.flows.lru.move_to_end
+        gtpu_ports, both_ports = self.gtpu_ports, self.both_gtpu_ports
         use_fast = not self.n6
         count_flows = self.cfg.flows
         next_expiry = self.next_expiry
-        npk = nbytes = 0
+        self.packets += len(recs) >> 2
+        self.octets += sum(recs[3::4]) - sum(recs[2::4])
         ts_ns = self.last_ns
+        it = iter(recs)
         try:
-            for buf, recs in batches:
-                npk += len(recs) >> 2
-                nbytes += sum(recs[3::4]) - sum(recs[2::4])
-                it = iter(recs)
-                for ts_ns, linktype, start, end in zip(it, it, it, it):  # noqa: B905 - always 4 per packet
-                    if ts_ns >= next_expiry:
-                        self._expire(ts_ns)
-                        next_expiry = self.next_expiry
-                    if use_fast and linktype == 1 and end - start >= 98:
-                        eth_ip, frag_proto, sport, dport, gtp, ext, ext_ip, itot, ifrag_proto, tcp = fast(buf, start)
-                        if (eth_ip >> 8 == 0x080045 and frag_proto & 0x3FFF00FF == 17 and gtp >> 16 == 0x34FF
-                                and ext == 0x8501 and ext_ip == 0x0045 and ifrag_proto & 0x3FFF00FF == 6
-                                and not tcp & 0x07 and start + 50 + (gtp & 0xFFFF) <= end and itot >= 40
-                                and (dport in gtpu_ports or sport in gtpu_ports)):
-                            hit = flows_get(buf[start + 70 : start + 82])
-                            if hit is not None:
-                                flow, idx = hit
-                                sd = flow.streams[idx]
-                                # nothing to inspect: the direction is done, or a bare ACK
-                                if (sd is not None and sd.done) or itot == 20 + (tcp >> 12) * 4:
-                                    if ts_ns - flow.last_ns > LRU_TOUCH_NS:
-                                        lru_touch(flow.key0)
-                                    flow.last_ns = ts_ns
-                                    if count_flows:  # per-flow counters only show in flow.end events
-                                        flow.pkts[idx] += 1
-                                        flow.octets[idx] += itot - 20
-                                    continue
-                    self.last_ns = ts_ns
-                    frame = buf if start == 0 and end == len(buf) else buf[start:end]
-                    slow(ts_ns, linktype, frame, 0, end - start)
+            for ts_ns, linktype, start, end in zip(it, it, it, it):  # noqa: B905 - always 4 per packet
+                if ts_ns >= next_expiry:
+                    self._expire(ts_ns)
+                    next_expiry = self.next_expiry
+                flen = end - start
+                if use_fast and linktype == 1 and flen >= 98:
+                    eth_ip, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, tcp = fast(buf, start)
+                    if (0x08004500 <= eth_ip <= 0x080045FF and frag_proto & 0x3FFF00FF == 17
+                            and 0x34FF0000 <= gtp <= _GTP_ROOM + flen and ext == 0x8501 and ext_ip == 0x0045
+                            and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07 and itot >= 40
+                            and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
+                        hit = (flows_get if itot == 20 + (tcp >> 12) * 4 else skip_get)(buf[start + 70 : start + 82])
+                        if hit is not None:
+                            flow, idx = hit
+                            if ts_ns - flow.last_ns > LRU_TOUCH_NS:
+                                lru_touch(flow.key0)
+                            flow.last_ns = ts_ns
+                            if count_flows:
+                                flow.pkts[idx] += 1
+                                flow.octets[idx] += itot - 20
+                            continue
+                self.last_ns = ts_ns
+                slow(ts_ns, linktype, buf if start == 0 and end == len(buf) else buf[start:end], 0, flen)
         finally:
-            self.packets += npk
-            self.octets += nbytes
             self.last_ns = ts_ns
 
     def feed_at(self, ts_ns: int, linktype: int, data: bytes, off: int, end: int) -> None:
@@ -442,6 +508,8 @@ class Tap:
                     if not sd.done:
                         for kind, app in sd.run(self.depth, self.stats):
                             self._emit(kind, ts_ns, flow, idx, tun, app)
+        if sd.done:  # from now on the fast path skips this direction's segments
+            self.flows.skip[key] = (flow, idx)
         if flags & (TCP_FIN | TCP_RST):
             # The stream stays open for late segments until both sides have closed.
             flow.state[idx] = True

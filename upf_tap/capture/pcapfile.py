@@ -42,7 +42,6 @@ LINKTYPE_LINUX_SLL2 = 276  # cooked header v2 (20 bytes)
 
 Packet = tuple[int, int, bytes]
 Batch = tuple[bytes, list[int]]  # a chunk and [ts_ns, linktype, start, end, ...] of its packets
-_Records = Generator[Batch | None, None, None]  # first item None: see read_batches
 Stats = collections.Counter[str]
 
 CHUNK = 4 << 20
@@ -75,6 +74,55 @@ _OPT_ENDOFOPT, _OPT_IF_TSRESOL, _OPT_IF_TSOFFSET = 0, 9, 14
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+class PcapRun:
+    """A chunk of a pcap file for a consumer that walks its records itself.
+
+    ``read_batches(..., runs=True)`` yields one of these per chunk of a pcap file instead of
+    a :data:`Batch`, so that the tap's hot loop reads each record header and the packet
+    behind it in one pass (no list of offsets in between). The consumer walks the records
+    from ``off``: a 16-byte header (``rec(buf, off)`` gives seconds, fraction, captured
+    length, original length), ``ts_ns = sec * 10**9 + frac * mul``, the frame right after it.
+    It stops at the first record that is not whole in ``buf`` (``off + 16 + incl >
+    len(buf)``, or fewer than 16 bytes left) or whose length is above ``limit``, and
+    leaves ``off`` there and the number of packets it took added to ``packets``; the reader
+    then judges that record (truncated file, bogus length, or just the chunk's end).
+    """
+
+    __slots__ = ("buf", "limit", "linktype", "mul", "off", "packets", "rec")
+
+    def __init__(self, rec: struct.Struct, mul: int, linktype: int, limit: int) -> None:
+        self.rec = rec.unpack_from
+        self.mul = mul
+        self.linktype = linktype
+        self.limit = limit
+        self.buf = b""
+        self.off = 0
+        self.packets = 0
+
+    def records(self) -> list[int]:
+        """Walk the whole records from ``off``: ``[ts_ns, linktype, start, end, ...]``."""
+        buf, off, n = self.buf, self.off, len(self.buf)
+        unpack, ns, mul, linktype, limit = self.rec, _NS, self.mul, self.linktype, self.limit
+        recs: list[int] = []
+        add = recs.extend
+        try:
+            while True:  # hot loop: every whole record in this chunk
+                sec, frac, incl, _orig = unpack(buf, off)
+                end = off + 16 + incl
+                if end > n or incl > limit:
+                    break
+                add((sec * ns + frac * mul, linktype, off + 16, end))
+                off = end
+        except struct.error:  # fewer than 16 bytes left in the chunk
+            pass
+        self.off = off
+        self.packets += len(recs) >> 2
+        return recs
+
+
+_Records = Generator[Batch | PcapRun | None, None, None]  # first item None: see read_batches
+
+
 class CaptureError(Exception):
     """The file cannot be read as a capture at all; the message is one line naming it."""
 
@@ -101,33 +149,57 @@ _LE, _BE = _Order("<"), _Order(">")
 
 
 class _Source:
-    """Sequential chunked reader: ``buf[off:]`` holds the bytes not yet consumed."""
+    """Sequential chunked reader: ``buf[off:]`` holds the bytes not yet consumed.
 
-    __slots__ = ("buf", "cut", "eof", "f", "name", "off", "z")
+    A record that straddles two chunks is put together in a small buffer of its own
+    (``more``), and the next chunk then becomes ``buf`` as read: the big chunks are never
+    copied (joining each 4 MiB chunk to the tail of the last one cost more than walking it).
+    """
+
+    __slots__ = ("buf", "cut", "eof", "f", "name", "off", "pending", "poff", "z")
 
     def __init__(self, name: str, f: BinaryIO) -> None:
         self.name, self.f, self.buf, self.off = name, f, b"", 0
+        self.pending, self.poff = b"", 0  # a chunk read ahead, and how much of it is used
         self.z: gzip.GzipFile | None = None
         self.eof = False
         self.cut = False  # the compressed stream ended early
 
     def left(self) -> int:
-        return len(self.buf) - self.off
+        return len(self.buf) - self.off + len(self.pending) - self.poff
+
+    def _fill(self, need: int) -> bool:
+        """Have unused bytes in ``pending``; False at the end of the file."""
+        if self.poff < len(self.pending):
+            return True
+        if self.eof:
+            return False
+        chunk = self.read(max(CHUNK, need))
+        if not chunk:
+            self.eof = True
+            return False
+        self.pending, self.poff = chunk, 0
+        return True
 
     def more(self, need: int) -> bool:
         """Make ``need`` bytes available at ``off``; False when the file ends first."""
         have = len(self.buf) - self.off
         if have >= need:
             return True
-        parts: list[bytes | memoryview] = [memoryview(self.buf)[self.off:]]
-        while have < need and not self.eof:
-            chunk = self.read(max(CHUNK, need - have))
-            if not chunk:
-                self.eof = True
-                break
-            parts.append(chunk)
-            have += len(chunk)
+        if not have and self._fill(need):  # at a chunk boundary: move to the next chunk whole
+            self.buf, self.off = self.pending, self.poff
+            self.pending, self.poff = b"", 0
+            have = len(self.buf) - self.off
+            if have >= need:
+                return True
+        # Straddling: exactly the missing bytes are copied, into a buffer of their own.
         # Frames already yielded keep the old chunk alive; bytes never change under them.
+        parts: list[bytes | memoryview] = [memoryview(self.buf)[self.off:]]
+        while have < need and self._fill(need - have):
+            take = min(need - have, len(self.pending) - self.poff)
+            parts.append(memoryview(self.pending)[self.poff:self.poff + take])
+            self.poff += take
+            have += take
         self.buf = b"".join(parts)
         self.off = 0
         return have >= need
@@ -189,11 +261,15 @@ def _frames(batches: Iterator[Batch]) -> Generator[Packet, None, None]:
         cast(Generator[Batch, None, None], batches).close()
 
 
-def read_batches(path: str | os.PathLike[str], stats: Stats | None = None) -> Iterator[Batch]:
+def read_batches(path: str | os.PathLike[str], stats: Stats | None = None,
+                 runs: bool = False) -> Iterator[Batch]:
     """The same packets as :func:`read_packets`, without copying them: ``(buf, recs)`` per
     chunk read, where ``recs`` is flat, four ints per packet: timestamp_ns, linktype, and
-    the frame's start and end in ``buf``. This is what ``upf-tap read`` walks (one list per
-    4 MiB instead of one object per packet); errors and counters are as in read_packets.
+    the frame's start and end in ``buf`` (one list per 4 MiB instead of one object per
+    packet); errors and counters are as in read_packets.
+
+    With ``runs``, a pcap file comes as :class:`PcapRun` items instead, for a consumer that
+    walks the records itself (``upf-tap read`` does); a pcapng file still comes as batches.
     """
     name = os.fsdecode(path)
     if stats is None:
@@ -205,7 +281,7 @@ def read_batches(path: str | os.PathLike[str], stats: Stats | None = None) -> It
             raise CaptureError(f"{name}: empty file" + (" (gzip)" if src.cut else ""))
         magic = head[:4]
         if magic in _PCAP_MAGICS:
-            gen = _read_pcap(src, stats)
+            gen = _read_pcap(src, stats, runs)
         elif magic == b"\x0a\x0d\x0d\x0a":
             gen = _read_pcapng(src, stats)
         else:
@@ -250,42 +326,30 @@ def _ts(p: Packet) -> int:
 # --- pcap ----------------------------------------------------------------------------------
 
 
-def _read_pcap(src: _Source, stats: Stats) -> _Records:
+def _read_pcap(src: _Source, stats: Stats, runs: bool) -> _Records:
     if not src.more(_PCAP_HDR_LEN):
         raise CaptureError(f"{src.name}: truncated pcap file header ({src.left()} of {_PCAP_HDR_LEN} bytes)")
     order, mul = _PCAP_MAGICS[src.buf[:4]]
     snaplen, network = struct.unpack_from(order + "II", src.buf, 16)
     src.off = _PCAP_HDR_LEN
     limit = min(max(snaplen, DEFAULT_MAX_CAPLEN), MAX_RECORD)
-    return _pcap_records(src, stats, struct.Struct(order + "IIII"), mul, network & _LINKTYPE_MASK, limit)
+    run = PcapRun(struct.Struct(order + "IIII"), mul, network & _LINKTYPE_MASK, limit)
+    return _pcap_records(src, stats, run, runs)
 
 
-def _pcap_records(src: _Source, stats: Stats, rec: struct.Struct, mul: int, linktype: int,
-                  limit: int) -> _Records:
-    unpack = rec.unpack_from
-    ns = _NS
-    npk = 0
+def _pcap_records(src: _Source, stats: Stats, run: PcapRun, runs: bool) -> _Records:
+    unpack, limit = run.rec, run.limit
     try:
         yield None
         while True:
-            buf, off = src.buf, src.off
-            n = len(buf)
-            recs: list[int] = []
-            add = recs.extend
-            try:
-                while True:  # hot loop: every whole record in this chunk
-                    sec, frac, incl, _orig = unpack(buf, off)
-                    end = off + 16 + incl
-                    if end > n or incl > limit:
-                        break
-                    add((sec * ns + frac * mul, linktype, off + 16, end))
-                    off = end
-            except struct.error:  # fewer than 16 bytes left in the chunk
-                pass
-            src.off = off
-            if recs:
-                npk += len(recs) >> 2
-                yield buf, recs
+            run.buf, run.off = src.buf, src.off
+            if runs:
+                yield run  # the consumer walks the whole records and moves run.off past them
+            else:
+                recs = run.records()
+                if recs:
+                    yield run.buf, recs
+            src.off = run.off
             # The record at off is not whole in this chunk: judge it, then refill.
             if not src.more(_PCAP_REC_LEN):
                 if src.left() or src.cut:
@@ -299,7 +363,7 @@ def _pcap_records(src: _Source, stats: Stats, rec: struct.Struct, mul: int, link
                 stats["capture.truncated"] += 1
                 return
     finally:
-        stats["capture.packets"] += npk
+        stats["capture.packets"] += run.packets
         src.close()
 
 

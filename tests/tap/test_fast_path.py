@@ -1,0 +1,122 @@
+"""The fast paths of ``upf-tap read`` change nothing but speed.
+
+``Tap.feed`` decodes every packet in full. ``consume_batches`` over ``read_batches`` skips
+the segments that need no inspection with one test per packet, and with ``runs=True`` it
+also walks the pcap records itself (what ``upf-tap read`` does on one pcap file). All three
+must give the same events and the same counters, on real captures, on the benchmark's bulk
+workload, on chunks cut mid-record, on truncated files, and when a flow's 5-tuple is reused.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.packet import Raw
+
+from bench.n3_workload import generate
+from tests.conftest import CAPTURES
+from tests.tap import gen
+from upf_tap.capture import pcapfile
+from upf_tap.capture.pcapfile import read_batches, read_packets
+from upf_tap.pipeline import Tap, TapConfig
+
+PCAPS = sorted(p.name for p in CAPTURES.iterdir() if p.suffix in (".pcap", ".pcapng"))
+
+
+def decode(path: Path, how: str, **cfg) -> tuple[list[dict], dict[str, int]]:
+    events: list[dict] = []
+    tap = Tap(TapConfig(**cfg), events.append)
+    if how == "feed":
+        for ts, lt, frame in read_packets(path, tap.stats):
+            tap.feed(ts, lt, frame)
+    else:
+        tap.consume_batches(read_batches(path, tap.stats, runs=how == "runs"))
+    tap.finish()
+    return events, tap.counters()
+
+
+def assert_same(path: Path, **cfg) -> list[dict]:
+    ref = decode(path, "feed", **cfg)
+    for how in ("batches", "runs"):
+        got = decode(path, how, **cfg)
+        assert got[0] == ref[0], f"{path.name}: events differ ({how})"
+        assert got[1] == ref[1], f"{path.name}: counters differ ({how})"
+    return ref[0]
+
+
+@pytest.mark.parametrize("name", PCAPS)
+def test_real_captures(name: str) -> None:
+    assert_same(CAPTURES / name, flows=True)
+
+
+@pytest.fixture(scope="module")
+def bulk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bulk") / "n3-20000.pcap"
+    generate(path, 20_000, 40, 3)
+    return path
+
+
+def test_bulk_workload(bulk: Path) -> None:
+    events = assert_same(bulk)
+    assert len(events) > 30
+    # most packets really took the fast path (else this test would prove nothing)
+    tap = Tap(TapConfig(), lambda ev: None)
+    slow = 0
+    full = tap.feed_at
+
+    def counting(*a):  # type: ignore[no-untyped-def]
+        nonlocal slow
+        slow += 1
+        full(*a)
+
+    tap.feed_at = counting  # type: ignore[method-assign]
+    tap.consume_batches(read_batches(bulk, tap.stats, runs=True))
+    assert tap.packets == tap.stats["capture.packets"] >= 20_000 and slow < 2_000
+
+
+def test_bulk_workload_with_flow_counters(bulk: Path) -> None:
+    events = assert_same(bulk, flows=True)
+    ends = [e for e in events if e["kind"] == "flow.end"]
+    assert ends and sum(e["app"]["packets_dl"] for e in ends) > 5_000
+
+
+def test_records_straddling_chunks(bulk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = decode(bulk, "feed")
+    monkeypatch.setattr(pcapfile, "CHUNK", 4093)  # prime: every few records straddle two chunks
+    for how in ("batches", "runs"):
+        assert decode(bulk, how) == ref
+
+
+@pytest.mark.parametrize("cut", [10, 24 + 7, 24 + 16 + 50])
+def test_truncated_file(bulk: Path, tmp_path: Path, cut: int) -> None:
+    data = bulk.read_bytes()
+    path = tmp_path / "cut.pcap"
+    path.write_bytes(data[: len(data) // 2 + cut])
+    events, counters = assert_same(path), decode(path, "runs")[1]
+    assert counters["capture.truncated"] == 1 and events
+
+
+def _fin(teid: int, src: str, dst: str, sport: int, dport: int, seq: int, ul: bool) -> object:
+    return gen.n3(teid, IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags="FA", seq=seq, ack=1), ul=ul)
+
+
+def test_reused_five_tuple_is_inspected_again(tmp_path: Path) -> None:
+    """A direction skipped because its stream was done must not stay skipped for a new
+    connection on the same addresses and ports."""
+    ue, port = "10.45.0.9", 41000
+    body = b"x" * 20_000  # past the 16 KiB depth: the upload direction is done
+    first = gen.http_get("up.mec.local", "/upload", f"Content-Length: {len(body)}\r\n") + body
+    pkts = gen.tcp_session(ue, gen.APP, port, 80, gen.split(first, [1400] * 15), teid=9)
+    pkts += [_fin(9, ue, gen.APP, port, 80, 1001 + len(first), True),
+             _fin(0x10009, gen.APP, ue, 80, port, 5001, False)]
+    second = gen.http_get("shop.mec.local", "/again")
+    pkts += gen.tcp_session(ue, gen.APP, port, 80, [(0, second)], teid=9)
+    pkts += [gen.n3(9, IP(src=ue, dst=gen.APP) / TCP(sport=port, dport=80, flags="PA", seq=5, ack=1)
+                    / Raw(b"more bytes"))]
+    path = gen.write(tmp_path / "reuse.pcap", pkts)
+    events = assert_same(path)
+    assert [e["app"]["path"] for e in events if e["kind"] == "http.request"] == ["/upload", "/again"]
+    assert collections.Counter(e["kind"] for e in events) == {"http.request": 2}
