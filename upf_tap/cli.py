@@ -95,11 +95,9 @@ def cmd_read(args: argparse.Namespace) -> int:
         write(to_json_line(ev))
         write("\n")
 
-    from upf_tap.control.identity import IdentityError
-
     try:
         tap = Tap(cfg, emit)
-    except IdentityError as e:
+    except ValueError as e:  # a bad identity file (IdentityError)
         print(f"upf-tap: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     t0 = time.perf_counter()

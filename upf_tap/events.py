@@ -7,19 +7,30 @@ replay of the same capture gives the same ids and the detector can dedupe.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from datetime import UTC, datetime
+import time
 from typing import Any
+
+try:  # what hashlib.blake2b is, without hashlib loading OpenSSL at start (~3 ms)
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import blake2b
 
 AppEvent = dict[str, Any]
 
 
+_MAX_SEC = 253_402_300_799  # 9999-12-31T23:59:59: RFC 3339 years have four digits
+
+
 def rfc3339(ts_ns: int) -> str:
-    """Capture time in RFC 3339, UTC, microsecond precision."""
+    """Capture time in RFC 3339, UTC, microsecond precision.
+
+    A time outside 1970-9999 (a capture with a garbled timestamp) is clamped to that range.
+    """
     sec, ns = divmod(ts_ns, 1_000_000_000)
-    base = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{ns // 1000:06d}Z"
+    if not 0 <= sec <= _MAX_SEC:
+        sec, ns = (0, 0) if sec < 0 else (_MAX_SEC, 999_999_999)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(sec))}.{ns // 1000:06d}Z"
 
 
 def stable_id(event: AppEvent, ts_ns: int, seq: int = 0) -> str:
@@ -28,7 +39,7 @@ def stable_id(event: AppEvent, ts_ns: int, seq: int = 0) -> str:
     ``seq`` separates events that are otherwise identical within one packet.
     """
     body = json.dumps(event, sort_keys=True, separators=(",", ":"), default=str)
-    h = hashlib.blake2b(digest_size=16)
+    h = blake2b(digest_size=16)
     h.update(f"{ts_ns}|{seq}|".encode())
     h.update(body.encode())
     return h.hexdigest()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import struct
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from scapy.layers.l2 import CookedLinux, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
 from tests.tap import gen
+from tests.tap.conftest import run_read
 from upf_tap.capture.pcapfile import read_packets
 from upf_tap.pipeline import Tap, TapConfig
 from upf_tap.tshark_oracle import TSHARK, oracle_events, tap_keys
@@ -191,3 +194,22 @@ def test_quic_initial_in_gtpu(tmp_path: Path) -> None:
         pytest.skip("tshark not installed")
     # tshark shows the SNI in both packets; the tap reports the ClientHello once
     assert set(oracle_events(path)) == set(tap_keys(events)) == {("sni", "example.com")}
+
+
+def test_garbled_timestamp_is_clamped_not_fatal(tmp_path: Path) -> None:
+    """A pcapng timestamp beyond year 9999 (here 10^12 s: if_tsresol says seconds) gives an
+    event at the last time RFC 3339 can write, not a crash."""
+    def block(btype: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", btype, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+
+    frame = bytes(gen.n3(5, IP(src=UE, dst=gen.APP) / UDP(sport=5353, dport=53) / Raw(gen.dns_query("a.mec"))))
+    ts = 10**12
+    data = (block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+            + block(1, struct.pack("<HHI", 1, 0, 0) + struct.pack("<HHB3x", 9, 1, 0) + struct.pack("<HH", 0, 0))
+            + block(6, struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(frame), len(frame)) + frame))
+    path = tmp_path / "far-future.pcapng"
+    path.write_bytes(data)
+    res = run_read(path)
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [(e["kind"], e["time"]) for e in events] == [("dns.query", "9999-12-31T23:59:59.999999Z")]

@@ -22,13 +22,15 @@ Only a file that cannot be read as a capture at all raises :class:`CaptureError`
 from __future__ import annotations
 
 import collections
-import gzip
 import heapq
 import os
 import struct
 import zlib
 from collections.abc import Generator, Iterator, Sequence
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
+
+if TYPE_CHECKING:
+    import gzip
 
 # Link types (https://www.tcpdump.org/linktypes.html); the tap's decoder switches on these.
 LINKTYPE_NULL = 0          # BSD loopback: 4-byte address family in host byte order
@@ -80,8 +82,8 @@ class PcapRun:
     ``read_batches(..., runs=True)`` yields one of these per chunk of a pcap file instead of
     a :data:`Batch`, so that the tap's hot loop reads each record header and the packet
     behind it in one pass (no list of offsets in between). The consumer walks the records
-    from ``off``: a 16-byte header (``rec(buf, off)`` gives seconds, fraction, captured
-    length, original length), ``ts_ns = sec * 10**9 + frac * mul``, the frame right after it.
+    from ``off``: a 16-byte header (``rec(buf, off)`` gives seconds, fraction and captured
+    length), ``ts_ns = sec * 10**9 + frac * mul``, the frame right after it.
     It stops at the first record that is not whole in ``buf`` (``off + 16 + incl >
     len(buf)``, or fewer than 16 bytes left) or whose length is above ``limit``, and
     leaves ``off`` there and the number of packets it took added to ``packets``; the reader
@@ -107,7 +109,7 @@ class PcapRun:
         add = recs.extend
         try:
             while True:  # hot loop: every whole record in this chunk
-                sec, frac, incl, _orig = unpack(buf, off)
+                sec, frac, incl = unpack(buf, off)
                 end = off + 16 + incl
                 if end > n or incl > limit:
                     break
@@ -161,7 +163,7 @@ class _Source:
     def __init__(self, name: str, f: BinaryIO) -> None:
         self.name, self.f, self.buf, self.off = name, f, b"", 0
         self.pending, self.poff = b"", 0  # a chunk read ahead, and how much of it is used
-        self.z: gzip.GzipFile | None = None
+        self.z: gzip.GzipFile | None = None  # gzip is imported only for a compressed file
         self.eof = False
         self.cut = False  # the compressed stream ended early
 
@@ -232,6 +234,8 @@ def _open(name: str) -> _Source:
         except OSError as e:
             raise CaptureError(f"{name}: read error: {e.strerror or e}") from None
         if compressed:
+            import gzip
+
             src.z = gzip.GzipFile(fileobj=f, mode="rb")
         src.more(4)
     except BaseException:
@@ -333,7 +337,7 @@ def _read_pcap(src: _Source, stats: Stats, runs: bool) -> _Records:
     snaplen, network = struct.unpack_from(order + "II", src.buf, 16)
     src.off = _PCAP_HDR_LEN
     limit = min(max(snaplen, DEFAULT_MAX_CAPLEN), MAX_RECORD)
-    run = PcapRun(struct.Struct(order + "IIII"), mul, network & _LINKTYPE_MASK, limit)
+    run = PcapRun(struct.Struct(order + "III4x"), mul, network & _LINKTYPE_MASK, limit)  # orig. length unused
     return _pcap_records(src, stats, run, runs)
 
 
