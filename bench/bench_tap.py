@@ -1,6 +1,6 @@
 """Benchmark: `upf-tap read` against tshark on a large generated N3 capture, in the same run.
 
-    python bench/bench_tap.py [--packets 300000] [--keep]
+    python bench/bench_tap.py [--packets 300000] [--rounds 3] [--format pcap|pcapng]
 
 Generates bench/out/n3-<packets>.pcap (mostly bulk TCP, a few thousand app events) unless it
 exists, runs `upf-tap read` and tshark (extracting the same HTTP/DNS/TLS events) on it, checks
@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -38,10 +39,19 @@ def run_measured(cmd: list[str], stdout_path: Path) -> tuple[float, int]:
     return dt, usage.ru_maxrss
 
 
+def count_packets(path: Path) -> int:
+    from upf_tap.capture.pcapfile import read_batches
+
+    return sum(len(recs) >> 2 for _, recs in read_batches(path))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="upf-tap read vs tshark on a generated N3 capture")
     ap.add_argument("--packets", type=int, default=300_000)
-    ap.add_argument("--rounds", type=int, default=3, help="runs of upf-tap (best is reported)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="runs of each tool, interleaved; best and median reported (default 3)")
+    ap.add_argument("--format", choices=("pcap", "pcapng"), default="pcap",
+                    help="capture format (pcapng: converted with editcap, as dumpcap would write it)")
     args = ap.parse_args(argv)
     if TSHARK is None:
         raise SystemExit("bench: tshark is not installed (make sysdeps)")
@@ -52,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generating {cap} ...", file=sys.stderr)
         counts = generate(cap, args.packets, 200, 1)
         print(f"  {counts}", file=sys.stderr)
-    n = args.packets
+    if args.format == "pcapng":
+        ng = cap.with_suffix(".pcapng")
+        if not ng.exists():
+            subprocess.run(["editcap", "-F", "pcapng", str(cap), str(ng)], check=True)
+        cap = ng
+    n = count_packets(cap)
     subprocess.run(["cat", str(cap)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
     # Byte-compile the tap first, as `pip install` does for an installed package: with an
     # editable install and PYTHONDONTWRITEBYTECODE set (as on CI machines), every start would
@@ -60,30 +75,40 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "upf_tap"),
                     str(HERE.parent / "testbed" / "constants.py")], stdout=subprocess.DEVNULL, check=True)
 
-    tap_out = out / "tap-events.jsonl"
-    tap_runs = []
-    for _ in range(args.rounds):
-        tap_runs.append(run_measured([sys.executable, "-m", "upf_tap", "read", "--no-control", str(cap)], tap_out))
-    tap_dt, tap_rss = min(tap_runs)
-    events = [json.loads(line) for line in tap_out.read_text().splitlines()]
-
+    tap_cmd = [sys.executable, "-m", "upf_tap", "read", "--no-control", str(cap)]
     # the peer: one tshark pass extracting the same fields (what a user would run)
     tshark_cmd = [TSHARK, "-n", "-r", str(cap), "-o", "tcp.reassemble_out_of_order:TRUE",
                   "-Y", "gtp && (http.request || dns.flags.response == 0 || tls.handshake.type == 1)",
                   "-T", "fields", "-e", "http.request.method", "-e", "http.host", "-e", "http.request.uri",
                   "-e", "dns.qry.name", "-e", "tls.handshake.extensions_server_name"]
-    tshark_dt, tshark_rss = run_measured(tshark_cmd, out / "tshark-fields.tsv")
+    tap_out = out / "tap-events.jsonl"
+    tap_runs, tshark_runs = [], []
+    for r in range(args.rounds):  # interleaved, so that a noisy spell of the machine hits both
+        print(f"round {r + 1}/{args.rounds} ...", file=sys.stderr)
+        tap_runs.append(run_measured(tap_cmd, tap_out))
+        tshark_runs.append(run_measured(tshark_cmd, out / "tshark-fields.tsv"))
+    events = [json.loads(line) for line in tap_out.read_text().splitlines()]
     expected = oracle_events(cap)  # untimed: the per-kind oracle used by the tests
     got = tap_keys(events)
     same = got == expected
 
+    def line(name: str, runs: list[tuple[float, int]]) -> str:
+        best, med = min(dt for dt, _ in runs), statistics.median(dt for dt, _ in runs)
+        rss = max(kib for _, kib in runs)
+        return (f"{name:<13}: best {best:6.2f} s {n / best:>10,.0f} packets/s   median {med:6.2f} s "
+                f"{n / med:>10,.0f} packets/s   peak RSS {rss / 1024:.0f} MiB")
+
+    tap_best, tshark_best = min(dt for dt, _ in tap_runs), min(dt for dt, _ in tshark_runs)
+    tap_med = statistics.median(dt for dt, _ in tap_runs)
+    tshark_med = statistics.median(dt for dt, _ in tshark_runs)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}")
-    print(f"capture: {cap.name}, {n} packets, {sum(expected.values())} app events (tshark)")
-    print(f"upf-tap read : {tap_dt:7.2f} s  {n / tap_dt:>10,.0f} packets/s  peak RSS {tap_rss / 1024:.0f} MiB"
-          f"  (best of {args.rounds})")
-    print(f"tshark       : {tshark_dt:7.2f} s  {n / tshark_dt:>10,.0f} packets/s  peak RSS {tshark_rss / 1024:.0f} MiB")
-    print(f"ratio        : {tshark_dt / tap_dt:.1f}x tshark's packets/s")
+    print(f"capture: {cap.name}, {n} packets, {sum(expected.values())} app events (tshark), "
+          f"{args.rounds} rounds")
+    print(line("upf-tap read", tap_runs))
+    print(line("tshark", tshark_runs))
+    print(f"ratio        : {tshark_best / tap_best:.1f}x tshark's packets/s (best vs best), "
+          f"{tshark_med / tap_med:.1f}x (median vs median)")
     print(f"events equal : {same} (tap {sum(got.values())}, tshark {sum(expected.values())})")
     if not same:
         print(f"  missing {dict(Counter(expected) - Counter(got))}\n  extra {dict(Counter(got) - Counter(expected))}")

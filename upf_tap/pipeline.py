@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from testbed.constants import UE_POOLS
-from upf_tap.capture.pcapfile import PcapRun
+from upf_tap.capture.pcapfile import MAX_RECORD, PcapRun
 from upf_tap.constants import (
     COAP_PORTS,
     DEFAULT_FLOW_HARD_TIMEOUT,
@@ -230,7 +230,8 @@ class Tap:
         lru_touch = self.flows.lru.move_to_end
         gtpu_ports, both_ports = self.gtpu_ports, self.both_gtpu_ports
         linktype, mul, limit, ns = run.linktype, run.mul, run.limit, NS
-        use_fast = not self.n6 and linktype == LINKTYPE_ETHERNET
+        gtp_room, touch_ns = _GTP_ROOM, LRU_TOUCH_NS
+        min_fast = 98 if not self.n6 and linktype == LINKTYPE_ETHERNET else MAX_RECORD  # frames the fast test reads
         count_flows = self.cfg.flows
         next_expiry = self.next_expiry
         buf, off = run.buf, run.off
@@ -251,10 +252,10 @@ class Tap:
                 if ts_ns >= next_expiry:
                     self._expire(ts_ns)
                     next_expiry = self.next_expiry
-                if use_fast and incl >= 98:
+                if incl >= min_fast:
                     eth_ip, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, off)
                     if (0x08004500 <= eth_ip <= 0x080045FF and frag_proto & 0x3FFF00FF == 17
-                            and 0x34FF0000 <= gtp <= _GTP_ROOM + incl and ext == 0x8501 and ext_ip == 0x0045
+                            and 0x34FF0000 <= gtp <= gtp_room + incl and ext == 0x8501 and ext_ip == 0x0045
                             and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07 and itot >= 40
                             and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
                         # a bare ACK: any flow; data: a direction with nothing left to inspect
@@ -262,7 +263,7 @@ class Tap:
                         if hit is not None:
                             off = end
                             flow, idx = hit
-                            if ts_ns - flow.last_ns > LRU_TOUCH_NS:
+                            if ts_ns - flow.last_ns > touch_ns:
                                 lru_touch(flow.key0)
                             flow.last_ns = ts_ns
                             if count_flows:  # per-flow counters only show in flow.end events
