@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from testbed.constants import UE_POOLS
-from upf_tap.capture.pcapfile import MAX_RECORD, PcapRun
+from upf_tap.capture.pcapfile import MAX_RECORD, PcapngRun, PcapRun
 from upf_tap.constants import (
     COAP_PORTS,
     DEFAULT_FLOW_HARD_TIMEOUT,
@@ -69,6 +69,7 @@ _tcp_hdr = struct.Struct("!HHIIBB").unpack_from  # ports, seq, ack, data offset,
 _FAST_N3 = "12xI4xI10xI4xI7xH2xHxH2xI2x12s8xH"
 _fast_n3 = struct.Struct("!" + _FAST_N3).unpack_from
 _fast_n3_rec = struct.Struct("!16x" + _FAST_N3).unpack_from  # from the start of a pcap record
+_fast_n3_epb = struct.Struct("!28x" + _FAST_N3).unpack_from  # from the start of a pcapng EPB
 # GTP-U flags/type 0x34FF and length L pass ``gtp <= _GTP_ROOM + frame length`` when the
 # L bytes after the 8-byte header (at frame offset 42) fit in the frame.
 _GTP_ROOM = 0x34FF0000 - 50
@@ -213,13 +214,16 @@ class Tap:
         The bulk of N3 traffic is Ethernet/IPv4/UDP/GTP-U (one PDU Session Container)/IPv4/TCP
         on a flow direction whose inspection is over, or a bare ACK: one ``unpack_from`` at
         the frame's offset and one dict lookup decide it, with every name local (see
-        ``_fast_n3``). Anything else is copied out and takes ``feed_at``. The two loops below
-        hold the same test on purpose: a function call per packet would cost more than the
-        test itself.
+        ``_fast_n3``). Anything else is copied out and takes ``feed_at``. The three loops below
+        (pcap records, pcapng blocks, batches) hold the same test on purpose: a function call
+        per packet would cost more than the test itself. tests/tap/test_fast_path.py checks
+        that each gives exactly what ``feed`` gives.
         """
         for item in batches:
             if type(item) is PcapRun:
                 self._walk_pcap(item)
+            elif type(item) is PcapngRun:
+                self._walk_pcapng(item)
             else:
                 self._walk_batch(*item)
 
@@ -278,6 +282,70 @@ class Tap:
             run.packets += npk
             self.packets += npk
             self.octets += off - first - 16 * npk
+            self.last_ns = ts_ns
+
+    def _walk_pcapng(self, run: PcapngRun) -> None:
+        """Consecutive Enhanced Packet Blocks of one pcapng chunk (contract: PcapngRun)."""
+        fast, epb, trailer, ifaces, slow = _fast_n3_epb, run.epb, run.trailer, run.ifaces, self.feed_at
+        flows_get, skip_get = self.tcp_flows.get, self.flows.skip.get
+        lru_touch = self.flows.lru.move_to_end
+        gtpu_ports, both_ports = self.gtpu_ports, self.both_gtpu_ports
+        gtp_room, touch_ns, n6 = _GTP_ROOM, LRU_TOUCH_NS, self.n6
+        count_flows = self.cfg.flows
+        next_expiry = self.next_expiry
+        buf, off = run.buf, run.off
+        n = len(buf)
+        npk = nbytes = 0
+        cur = -1  # interface of the previous block: most files have one
+        linktype = mul = tsoff = 0
+        min_fast = MAX_RECORD
+        ts_ns = self.last_ns
+        try:
+            while True:
+                try:
+                    btype, blen, ifid, th, tl, cap = epb(buf, off)
+                except struct.error:  # fewer than 28 bytes left in the chunk
+                    break
+                end = off + blen
+                if btype != 6 or end > n or blen & 3 or cap > blen - 32 or trailer(buf, end - 4)[0] != blen:
+                    break
+                if ifid != cur:
+                    if ifid >= len(ifaces) or ifaces[ifid][2] != 1:  # unknown, or a resolution to divide by
+                        break
+                    linktype, mul, _div, tsoff, _snap = ifaces[ifid]
+                    min_fast = 98 if not n6 and linktype == LINKTYPE_ETHERNET else MAX_RECORD
+                    cur = ifid
+                npk += 1
+                nbytes += cap
+                ts_ns = ((th << 32) | tl) * mul + tsoff
+                if ts_ns >= next_expiry:
+                    self._expire(ts_ns)
+                    next_expiry = self.next_expiry
+                if cap >= min_fast:
+                    eth_ip, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, off)
+                    if (0x08004500 <= eth_ip <= 0x080045FF and frag_proto & 0x3FFF00FF == 17
+                            and 0x34FF0000 <= gtp <= gtp_room + cap and ext == 0x8501 and ext_ip == 0x0045
+                            and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07 and itot >= 40
+                            and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
+                        hit = (flows_get if itot == 20 + (tcp >> 12) * 4 else skip_get)(key)
+                        if hit is not None:
+                            off = end
+                            flow, idx = hit
+                            if ts_ns - flow.last_ns > touch_ns:
+                                lru_touch(flow.key0)
+                            flow.last_ns = ts_ns
+                            if count_flows:
+                                flow.pkts[idx] += 1
+                                flow.octets[idx] += itot - 20
+                            continue
+                self.last_ns = ts_ns
+                slow(ts_ns, linktype, buf[off + 28 : off + 28 + cap], 0, cap)
+                off = end
+        finally:
+            run.off = off
+            run.packets += npk
+            self.packets += npk
+            self.octets += nbytes
             self.last_ns = ts_ns
 
     def _walk_batch(self, buf: bytes, recs: list[int]) -> None:

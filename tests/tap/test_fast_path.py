@@ -10,6 +10,7 @@ workload, on chunks cut mid-record, on truncated files, and when a flow's 5-tupl
 from __future__ import annotations
 
 import collections
+import struct
 from pathlib import Path
 
 import pytest
@@ -83,18 +84,59 @@ def test_bulk_workload_with_flow_counters(bulk: Path) -> None:
     assert ends and sum(e["app"]["packets_dl"] for e in ends) > 5_000
 
 
-def test_records_straddling_chunks(bulk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ref = decode(bulk, "feed")
+def _block(order: str, btype: int, body: bytes) -> bytes:
+    body += b"\0" * (-len(body) % 4)
+    return struct.pack(order + "II", btype, len(body) + 12) + body + struct.pack(order + "I", len(body) + 12)
+
+
+def to_pcapng(src: Path, dst: Path) -> Path:
+    """The packets of ``src`` as pcapng, made to exercise every exit of the EPB walk: two
+    sections (little then big endian), two Ethernet interfaces taking turns (the second in
+    nanoseconds), an Interface Statistics Block every 1,000 packets, and a comment option
+    on every 7th EPB."""
+    packets = list(read_packets(src))
+    half = len(packets) // 2
+    out = []
+    for order, part in (("<", packets[:half]), (">", packets[half:])):
+        out.append(_block(order, 0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1)))
+        out.append(_block(order, 1, struct.pack(order + "HHI", 1, 0, 0)))  # microseconds
+        out.append(_block(order, 1, struct.pack(order + "HHI", 1, 0, 0) + struct.pack(order + "HHB3x", 9, 1, 9)
+                          + struct.pack(order + "HH", 0, 0)))  # nanoseconds
+        for i, (ts, _lt, frame) in enumerate(part):
+            ifid = i & 1
+            units = ts if ifid else ts // 1000
+            opts = struct.pack(order + "HH", 1, 5) + b"note\0\0\0\0" + struct.pack(order + "HH", 0, 0) if i % 7 == 0 else b""
+            pad = b"\0" * (-len(frame) % 4)
+            out.append(_block(order, 6, struct.pack(order + "IIIII", ifid, units >> 32, units & 0xFFFFFFFF, len(frame),
+                                                    len(frame)) + frame + pad + opts))
+            if i % 1000 == 999:
+                out.append(_block(order, 5, struct.pack(order + "III", 0, units >> 32, units & 0xFFFFFFFF)))
+    dst.write_bytes(b"".join(out))
+    return dst
+
+
+def test_bulk_workload_pcapng(bulk: Path, tmp_path: Path) -> None:
+    ng = to_pcapng(bulk, tmp_path / "bulk.pcapng")
+    events = assert_same(ng, flows=True)
+    assert events == decode(bulk, "feed", flows=True)[0]  # the same packets, the same events
+
+
+def test_records_straddling_chunks(bulk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ng = to_pcapng(bulk, tmp_path / "bulk.pcapng")
+    refs = {p: decode(p, "feed") for p in (bulk, ng)}
     monkeypatch.setattr(pcapfile, "CHUNK", 4093)  # prime: every few records straddle two chunks
-    for how in ("batches", "runs"):
-        assert decode(bulk, how) == ref
+    for p, ref in refs.items():
+        for how in ("batches", "runs"):
+            assert decode(p, how) == ref, f"{p.name} {how}"
 
 
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
 @pytest.mark.parametrize("cut", [10, 24 + 7, 24 + 16 + 50])
-def test_truncated_file(bulk: Path, tmp_path: Path, cut: int) -> None:
-    data = bulk.read_bytes()
-    path = tmp_path / "cut.pcap"
-    path.write_bytes(data[: len(data) // 2 + cut])
+def test_truncated_file(bulk: Path, tmp_path: Path, cut: int, fmt: str) -> None:
+    src = bulk if fmt == "pcap" else to_pcapng(bulk, tmp_path / "bulk.pcapng")
+    data = src.read_bytes()
+    path = tmp_path / f"cut.{fmt}"
+    path.write_bytes(data[: len(data) // 3 + cut])
     events, counters = assert_same(path), decode(path, "runs")[1]
     assert counters["capture.truncated"] == 1 and events
 

@@ -122,7 +122,59 @@ class PcapRun:
         return recs
 
 
-_Records = Generator[Batch | PcapRun | None, None, None]  # first item None: see read_batches
+class PcapngRun:
+    """A chunk of a pcapng file for a consumer that walks its Enhanced Packet Blocks itself.
+
+    The pcapng counterpart of :class:`PcapRun`. From ``off`` the consumer takes consecutive
+    EPBs: ``epb(buf, off)`` gives block type, block length, interface, timestamp high and
+    low, captured length; the frame is at ``off + 28``. It stops at the first block that is
+    not an EPB (type 6), not whole in ``buf``, not a multiple of 4 long, whose captured
+    length overflows it, whose trailing length (``trailer(buf, end - 4)[0]``) differs, or
+    whose interface is unknown or has a timestamp resolution that needs a division
+    (``ifaces[i]``: linktype, mul, div, tsoffset_ns, snaplen; ``ts_ns = ts * mul +
+    tsoffset_ns`` when ``div == 1``). It leaves ``off`` there and adds what it took to
+    ``packets``; the reader handles that block.
+    """
+
+    __slots__ = ("buf", "epb", "ifaces", "off", "packets", "trailer")
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.off = 0
+        self.packets = 0
+        self.ifaces: list[tuple[int, int, int, int, int]] = []
+        self.epb = _LE.epb
+        self.trailer = _LE.blen
+
+    def records(self) -> list[int]:
+        """Walk the EPBs from ``off``: ``[ts_ns, linktype, start, end, ...]``."""
+        buf, off, n = self.buf, self.off, len(self.buf)
+        epb, trailer, ifaces = self.epb, self.trailer, self.ifaces
+        cur = -1  # interface of the previous packet: most files have one
+        lt = mul = tsoff = 0
+        recs: list[int] = []
+        add = recs.extend
+        try:
+            while True:
+                btype, blen, ifid, th, tl, cap = epb(buf, off)
+                end = off + blen
+                if btype != 6 or end > n or blen & 3 or cap > blen - 32 or trailer(buf, end - 4)[0] != blen:
+                    break
+                if ifid != cur:
+                    lt, mul, div, tsoff, _ = ifaces[ifid]
+                    if div != 1:  # inexact resolution (2^-n): the reader divides
+                        break
+                    cur = ifid
+                add((((th << 32) | tl) * mul + tsoff, lt, off + 28, off + 28 + cap))
+                off = end
+        except (struct.error, IndexError):  # chunk end, or unknown interface
+            pass
+        self.off = off
+        self.packets += len(recs) >> 2
+        return recs
+
+
+_Records = Generator[Batch | PcapRun | PcapngRun | None, None, None]  # first item None: see read_batches
 
 
 class CaptureError(Exception):
@@ -272,8 +324,9 @@ def read_batches(path: str | os.PathLike[str], stats: Stats | None = None,
     the frame's start and end in ``buf`` (one list per 4 MiB instead of one object per
     packet); errors and counters are as in read_packets.
 
-    With ``runs``, a pcap file comes as :class:`PcapRun` items instead, for a consumer that
-    walks the records itself (``upf-tap read`` does); a pcapng file still comes as batches.
+    With ``runs``, the chunks come as :class:`PcapRun` or :class:`PcapngRun` items instead,
+    for a consumer that walks the records itself (``upf-tap read`` does); the blocks such a
+    walk stops at (other block types, a new interface, damage) still come as batches.
     """
     name = os.fsdecode(path)
     if stats is None:
@@ -287,7 +340,7 @@ def read_batches(path: str | os.PathLike[str], stats: Stats | None = None,
         if magic in _PCAP_MAGICS:
             gen = _read_pcap(src, stats, runs)
         elif magic == b"\x0a\x0d\x0d\x0a":
-            gen = _read_pcapng(src, stats)
+            gen = _read_pcapng(src, stats, runs)
         else:
             raise CaptureError(f"{name}: not a pcap or pcapng file (starts with 0x{magic.hex()})")
         # Run the generator up to its try/finally: from now on close() or garbage
@@ -374,7 +427,7 @@ def _pcap_records(src: _Source, stats: Stats, run: PcapRun, runs: bool) -> _Reco
 # --- pcapng --------------------------------------------------------------------------------
 
 
-def _read_pcapng(src: _Source, stats: Stats) -> _Records:
+def _read_pcapng(src: _Source, stats: Stats, runs: bool) -> _Records:
     # The first Section Header Block must be sane, or this is not a pcapng file at all.
     if not src.more(_MIN_BLOCK[_SHB]):
         raise CaptureError(f"{src.name}: truncated pcapng section header ({src.left()} bytes)")
@@ -386,7 +439,7 @@ def _read_pcapng(src: _Source, stats: Stats) -> _Records:
     major = o.u16(buf, 12)[0]
     if major != 1:
         raise CaptureError(f"{src.name}: unsupported pcapng version {major}")
-    return _pcapng_blocks(src, stats)
+    return _pcapng_blocks(src, stats, runs)
 
 
 def _tsresol_units(v: int) -> int:
@@ -416,40 +469,23 @@ def _parse_idb(o: _Order, buf: bytes, off: int, blen: int) -> tuple[int, int, in
     return linktype, mul, div, tsoff * _NS, snaplen
 
 
-def _pcapng_blocks(src: _Source, stats: Stats) -> _Records:
+def _pcapng_blocks(src: _Source, stats: Stats, runs: bool) -> _Records:
     o = _LE
-    ifaces: list[tuple[int, int, int, int, int]] = []
+    run = PcapngRun()
+    ifaces = run.ifaces
     npk = 0
     try:
         yield None
         while True:
             # --- hot loop: consecutive well-formed EPBs of known interfaces in this chunk
-            buf, off = src.buf, src.off
-            n = len(buf)
-            epb, trailer = o.epb, o.blen
-            cur = -1  # interface of the previous packet: most files have one
-            lt = mul = tsoff = 0
-            recs: list[int] = []
-            add = recs.extend
-            try:
-                while True:
-                    btype, blen, ifid, th, tl, cap = epb(buf, off)
-                    end = off + blen
-                    if btype != 6 or end > n or blen & 3 or cap > blen - 32 or trailer(buf, end - 4)[0] != blen:
-                        break
-                    if ifid != cur:
-                        lt, mul, div, tsoff, _ = ifaces[ifid]
-                        if div != 1:  # inexact resolution (2^-n): the slow path divides
-                            break
-                        cur = ifid
-                    add((((th << 32) | tl) * mul + tsoff, lt, off + 28, off + 28 + cap))
-                    off = end
-            except (struct.error, IndexError):  # chunk end, or unknown interface: slow path
-                pass
-            src.off = off
-            if recs:
-                npk += len(recs) >> 2
-                yield buf, recs
+            run.buf, run.off = src.buf, src.off
+            if runs:
+                yield run  # the consumer walks them and moves run.off past them
+            else:
+                recs = run.records()
+                if recs:
+                    yield run.buf, recs
+            src.off = run.off
 
             # --- slow path: exactly one block at src.off, any type, all checks
             if not src.more(12):
@@ -467,6 +503,7 @@ def _pcapng_blocks(src: _Source, stats: Stats) -> _Records:
                 else:
                     stats["capture.bad_block"] += 1
                     return
+                run.epb, run.trailer = o.epb, o.blen
             else:
                 btype = o.u32(buf, off)[0]
             blen = o.blen(buf, off + 4)[0]
@@ -511,8 +548,8 @@ def _pcapng_blocks(src: _Source, stats: Stats) -> _Records:
                 if o.u16(buf, off + 12)[0] != 1:  # a major version we cannot read
                     stats["capture.bad_block"] += 1
                     return
-                ifaces = []  # interface ids restart in every section
+                ifaces.clear()  # interface ids restart in every section
             # anything else (NRB, ISB, DSB, custom, unknown) is skipped by its length
     finally:
-        stats["capture.packets"] += npk
+        stats["capture.packets"] += npk + run.packets
         src.close()
