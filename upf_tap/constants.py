@@ -41,4 +41,5 @@ DEFAULT_FLOW_IDLE_TIMEOUT = 120.0     # seconds without a packet
 DEFAULT_FLOW_HARD_TIMEOUT = 3600.0    # seconds since the first packet
 DEFAULT_MAX_FRAGMENT_SETS = 4096      # IP reassembly buffers kept at once
 FRAGMENT_TIMEOUT = 30.0               # seconds (RFC 791 suggests up to 15 s to 2 min)
+LRU_TOUCH_NS = 1_000_000_000         # a flow's place in the LRU order is kept to this precision
 MAX_OOO_SEGMENTS = 64                 # out-of-order segments held per TCP direction

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
+from upf_tap.constants import LRU_TOUCH_NS
 from upf_tap.tcp_stream import StreamDirection
 
 
@@ -18,7 +19,7 @@ class Flow:
 
     __slots__ = (
         "addrs", "first_ns", "key0", "key1", "last_ns", "octets", "pkts", "proto",
-        "state", "streams", "table", "ue_ip", "ue_is_src0",
+        "state", "streams", "table", "touch_at", "ue_ip", "ue_is_src0",
     )
 
     def __init__(self, table: dict[bytes, tuple[Flow, int]], key0: bytes, key1: bytes, proto: str,
@@ -32,6 +33,9 @@ class Flow:
         self.ue_ip = addrs[0] if ue_is_src0 else addrs[1]
         self.first_ns = ts_ns
         self.last_ns = ts_ns
+        # A packet after this time moves the flow to the recent end of the LRU order (then
+        # sets it LRU_TOUCH_NS later): one move per second at most, not one per packet.
+        self.touch_at = ts_ns + LRU_TOUCH_NS
         self.pkts = [0, 0]
         self.octets = [0, 0]
         self.streams: list[StreamDirection | None] = [None, None]

@@ -44,6 +44,7 @@ from upf_tap.constants import (
     IPPROTO_SCTP,
     IPPROTO_TCP,
     IPPROTO_UDP,
+    LRU_TOUCH_NS,
     MQTT_PORTS,
     PFCP_PORT,
     QUIC_PORTS,
@@ -92,7 +93,6 @@ STREAM_SNIFFERS: tuple[tuple[str, ModuleType], ...] = (("http", http), ("tls", t
 CLIENT_UDP_PORTS = frozenset({DNS_PORT, *QUIC_PORTS, *COAP_PORTS})  # a sender to these is the client
 NS = 1_000_000_000  # nanoseconds per second
 EXPIRY_EVERY_NS = 1_000_000_000
-LRU_TOUCH_NS = 1_000_000_000  # the LRU order is kept to this precision (saves a move per packet)
 HARD_EXPIRY_EVERY_NS = 30_000_000_000
 
 # Tunnel context of the packet being decoded: outer src, outer dst (raw), TEID, QFI, PDU type.
@@ -267,8 +267,9 @@ class Tap:
                         if hit is not None:
                             off = end
                             flow, idx = hit
-                            if ts_ns - flow.last_ns > touch_ns:
+                            if ts_ns > flow.touch_at:
                                 lru_touch(flow.key0)
+                                flow.touch_at = ts_ns + touch_ns
                             flow.last_ns = ts_ns
                             if count_flows:  # per-flow counters only show in flow.end events
                                 flow.pkts[idx] += 1
@@ -331,8 +332,9 @@ class Tap:
                         if hit is not None:
                             off = end
                             flow, idx = hit
-                            if ts_ns - flow.last_ns > touch_ns:
+                            if ts_ns > flow.touch_at:
                                 lru_touch(flow.key0)
+                                flow.touch_at = ts_ns + touch_ns
                             flow.last_ns = ts_ns
                             if count_flows:
                                 flow.pkts[idx] += 1
@@ -352,7 +354,7 @@ class Tap:
         """The packets of one batch (``read_batches``): the same fast test as ``_walk_pcap``."""
         fast, slow = _fast_n3, self.feed_at
         flows_get, skip_get = self.tcp_flows.get, self.flows.skip.get
-        lru_touch = self.flows.lru.move_to_end
+        lru_touch, touch_ns = self.flows.lru.move_to_end, LRU_TOUCH_NS
         gtpu_ports, both_ports = self.gtpu_ports, self.both_gtpu_ports
         use_fast = not self.n6
         count_flows = self.cfg.flows
@@ -376,8 +378,9 @@ class Tap:
                         hit = (flows_get if itot == 20 + (tcp >> 12) * 4 else skip_get)(key)
                         if hit is not None:
                             flow, idx = hit
-                            if ts_ns - flow.last_ns > LRU_TOUCH_NS:
+                            if ts_ns > flow.touch_at:
                                 lru_touch(flow.key0)
+                                flow.touch_at = ts_ns + touch_ns
                             flow.last_ns = ts_ns
                             if count_flows:
                                 flow.pkts[idx] += 1
@@ -540,8 +543,9 @@ class Tap:
             idx = 0
         else:
             flow, idx = hit
-            if ts_ns - flow.last_ns > LRU_TOUCH_NS:
+            if ts_ns > flow.touch_at:
                 self.flows.lru.move_to_end(flow.key0)
+                flow.touch_at = ts_ns + LRU_TOUCH_NS
         flow.last_ns = ts_ns
         flow.pkts[idx] += 1
         flow.octets[idx] += end - l4
@@ -706,6 +710,7 @@ class Tap:
             })
 
     def _expire(self, ts_ns: int) -> None:
+        self._seq = 0  # the flow.end events of one expiry are numbered apart from any packet's
         hard = ts_ns >= self.next_hard_expiry
         if self.next_expiry:
             self.flows.expire(ts_ns, hard)

@@ -162,3 +162,34 @@ def test_reused_five_tuple_is_inspected_again(tmp_path: Path) -> None:
     events = assert_same(path)
     assert [e["app"]["path"] for e in events if e["kind"] == "http.request"] == ["/upload", "/again"]
     assert collections.Counter(e["kind"] for e in events) == {"http.request": 2}
+
+
+def test_lru_order_follows_activity(tmp_path: Path) -> None:
+    """A flow that keeps sending (here every 0.5 s, under the 1 s LRU precision) stays at
+    the recent end of the LRU order: the idle flow behind it is the one that times out, and
+    the one evicted when the table is full."""
+    def seg(ue: str, port: int, t: float, payload: bytes = b"") -> object:
+        p = gen.n3(1, IP(src=ue, dst=gen.APP) / TCP(sport=port, dport=80, flags="A", seq=1, ack=1) / Raw(payload))
+        p.time = gen.T0 + t
+        return p
+
+    def syn(ue: str, port: int, t: float) -> object:
+        p = gen.n3(1, IP(src=ue, dst=gen.APP) / TCP(sport=port, dport=80, flags="S", seq=0))
+        p.time = gen.T0 + t
+        return p
+
+    active, idle = ("10.45.0.1", 40001), ("10.45.0.2", 40002)
+    pkts = [syn(*active, 0.0), syn(*idle, 0.1)]
+    pkts += [seg(*active, 0.5 * i) for i in range(1, 21)]  # 0.5 s .. 10 s
+    pkts += [syn("10.45.0.3", 40003, 10.2)]  # a third flow: the table (max 2) must evict one
+    path = tmp_path / "lru.pcap"
+    from scapy.utils import PcapWriter
+
+    with PcapWriter(str(path)) as w:
+        for p in pkts:
+            w.write(p)
+    for cfg in ({"idle_timeout": 5.0}, {"max_flows": 2}):
+        events = assert_same(path, flows=True, **cfg)
+        ends = {e["flow"]["src"]: e["app"]["reason"] for e in events if e["kind"] == "flow.end"}
+        assert ends["10.45.0.1"] == "end_of_input", cfg  # the active flow lives to the end
+        assert ends["10.45.0.2"] == ("idle" if "idle_timeout" in cfg else "evicted"), cfg
