@@ -242,6 +242,7 @@ class Tap:
         first, n = off, len(buf)
         npk = 0
         ts_ns = self.last_ns
+        sec0 = base = -1  # the second of the last record and its start in ns: one multiply per second
         try:
             while True:
                 try:
@@ -252,7 +253,9 @@ class Tap:
                 if end > n or incl > limit:
                     break
                 npk += 1
-                ts_ns = sec * ns + frac * mul
+                if sec != sec0:
+                    sec0, base = sec, sec * ns
+                ts_ns = base + frac * mul
                 if ts_ns >= next_expiry:
                     self._expire(ts_ns)
                     next_expiry = self.next_expiry
@@ -301,6 +304,7 @@ class Tap:
         linktype = mul = tsoff = 0
         min_fast = MAX_RECORD
         ts_ns = self.last_ns
+        th0 = hi = -1  # the high timestamp word of the last block and its share of ts_ns
         try:
             while True:
                 try:
@@ -314,11 +318,14 @@ class Tap:
                     if ifid >= len(ifaces) or ifaces[ifid][2] != 1:  # unknown, or a resolution to divide by
                         break
                     linktype, mul, _div, tsoff, _snap = ifaces[ifid]
+                    th0 = -1
                     min_fast = 98 if not n6 and linktype == LINKTYPE_ETHERNET else MAX_RECORD
                     cur = ifid
                 npk += 1
                 nbytes += cap
-                ts_ns = ((th << 32) | tl) * mul + tsoff
+                if th != th0:
+                    th0, hi = th, (th << 32) * mul + tsoff
+                ts_ns = hi + tl * mul
                 if ts_ns >= next_expiry:
                     self._expire(ts_ns)
                     next_expiry = self.next_expiry
