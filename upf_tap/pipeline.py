@@ -62,17 +62,19 @@ _ipv4_hdr = struct.Struct("!BBHHHBBH4s4s").unpack_from
 _ports = struct.Struct("!HH").unpack_from
 _tcp_hdr = struct.Struct("!HHIIBB").unpack_from  # ports, seq, ack, data offset, flags
 # The common N3 frame read in one call, fields packed by what is tested together:
-# Ethernet type + IPv4 version/IHL (12-15), fragment bits + protocol (20-23), both UDP ports,
-# GTP-U flags + type + length (42-45), next-extension type + PDU Session Container length
-# (53-54), its next type + inner IPv4 version/IHL (57-58), inner total length, inner
-# fragment bits + protocol (64-67), the inner addresses and ports (70-81: the flow key, as
-# bytes), TCP data offset + flags (90-91).
-_FAST_N3 = "12xI4xI10xI4xI7xH2xHxH2xI2x12s8xH"
+# Ethernet type + IPv4 version/IHL (12-15), outer total length, fragment bits + protocol
+# (20-23), both UDP ports, GTP-U flags + type + length (42-45), next-extension type + PDU
+# Session Container length (53-54), its next type + inner IPv4 version/IHL (57-58), inner
+# total length, inner fragment bits + protocol (64-67), the inner addresses and ports
+# (70-81: the flow key, as bytes), TCP data offset + flags (90-91).
+_FAST_N3 = "12xIH2xI10xI4xI7xH2xHxH2xI2x12s8xH"
 _fast_n3 = struct.Struct("!" + _FAST_N3).unpack_from
 _fast_n3_rec = struct.Struct("!16x" + _FAST_N3).unpack_from  # from the start of a pcap record
 _fast_n3_epb = struct.Struct("!28x" + _FAST_N3).unpack_from  # from the start of a pcapng EPB
-# GTP-U flags/type 0x34FF and length L pass ``gtp <= _GTP_ROOM + frame length`` when the
-# L bytes after the 8-byte header (at frame offset 42) fit in the frame.
+# A frame of L bytes takes the fast path only if every length in it agrees with L (outer
+# IPv4 L - 14, GTP-U L - 50, inner IPv4 L - 58): then the full decoder could not count a
+# truncation or padding either (written ``L - otot == 14``: a small difference is a cached
+# int, nothing allocated). ``gtp == _GTP_ROOM + L`` is GTP-U flags/type 0x34FF with length L - 50.
 _GTP_ROOM = 0x34FF0000 - 50
 
 TCP_FIN = 0x01
@@ -260,13 +262,14 @@ class Tap:
                     self._expire(ts_ns)
                     next_expiry = self.next_expiry
                 if incl >= min_fast:
-                    eth_ip, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, off)
-                    if (0x08004500 <= eth_ip <= 0x080045FF and frag_proto & 0x3FFF00FF == 17
-                            and 0x34FF0000 <= gtp <= gtp_room + incl and ext == 0x8501 and ext_ip == 0x0045
-                            and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07 and itot >= 40
+                    eth_ip, otot, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, off)
+                    if (0x08004500 <= eth_ip <= 0x080045FF and incl - otot == 14 and frag_proto & 0x3FFF00FF == 17
+                            and gtp == gtp_room + incl and ext == 0x8501 and ext_ip == 0x0045
+                            and incl - itot == 58 and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07
+                            and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4)
                             and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
                         # a bare ACK: any flow; data: a direction with nothing left to inspect
-                        hit = (flows_get if itot == 20 + (tcp >> 12) * 4 else skip_get)(key)
+                        hit = (flows_get if itot == tcp_end else skip_get)(key)
                         if hit is not None:
                             off = end
                             flow, idx = hit
@@ -330,12 +333,13 @@ class Tap:
                     self._expire(ts_ns)
                     next_expiry = self.next_expiry
                 if cap >= min_fast:
-                    eth_ip, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, off)
-                    if (0x08004500 <= eth_ip <= 0x080045FF and frag_proto & 0x3FFF00FF == 17
-                            and 0x34FF0000 <= gtp <= gtp_room + cap and ext == 0x8501 and ext_ip == 0x0045
-                            and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07 and itot >= 40
+                    eth_ip, otot, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, off)
+                    if (0x08004500 <= eth_ip <= 0x080045FF and cap - otot == 14 and frag_proto & 0x3FFF00FF == 17
+                            and gtp == gtp_room + cap and ext == 0x8501 and ext_ip == 0x0045
+                            and cap - itot == 58 and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07
+                            and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4)
                             and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
-                        hit = (flows_get if itot == 20 + (tcp >> 12) * 4 else skip_get)(key)
+                        hit = (flows_get if itot == tcp_end else skip_get)(key)
                         if hit is not None:
                             off = end
                             flow, idx = hit
@@ -361,7 +365,7 @@ class Tap:
         """The packets of one batch (``read_batches``): the same fast test as ``_walk_pcap``."""
         fast, slow = _fast_n3, self.feed_at
         flows_get, skip_get = self.tcp_flows.get, self.flows.skip.get
-        lru_touch, touch_ns = self.flows.lru.move_to_end, LRU_TOUCH_NS
+        lru_touch, touch_ns, gtp_room = self.flows.lru.move_to_end, LRU_TOUCH_NS, _GTP_ROOM
         gtpu_ports, both_ports = self.gtpu_ports, self.both_gtpu_ports
         use_fast = not self.n6
         count_flows = self.cfg.flows
@@ -377,12 +381,13 @@ class Tap:
                     next_expiry = self.next_expiry
                 flen = end - start
                 if use_fast and linktype == 1 and flen >= 98:
-                    eth_ip, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, start)
-                    if (0x08004500 <= eth_ip <= 0x080045FF and frag_proto & 0x3FFF00FF == 17
-                            and 0x34FF0000 <= gtp <= _GTP_ROOM + flen and ext == 0x8501 and ext_ip == 0x0045
-                            and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07 and itot >= 40
+                    eth_ip, otot, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, start)
+                    if (0x08004500 <= eth_ip <= 0x080045FF and flen - otot == 14 and frag_proto & 0x3FFF00FF == 17
+                            and gtp == gtp_room + flen and ext == 0x8501 and ext_ip == 0x0045
+                            and flen - itot == 58 and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07
+                            and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4)
                             and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
-                        hit = (flows_get if itot == 20 + (tcp >> 12) * 4 else skip_get)(key)
+                        hit = (flows_get if itot == tcp_end else skip_get)(key)
                         if hit is not None:
                             flow, idx = hit
                             if ts_ns > flow.touch_at:
