@@ -315,7 +315,7 @@ class Tap:
                 except struct.error:  # fewer than 28 bytes left in the chunk
                     break
                 end = off + blen
-                if btype != 6 or end > n or blen & 3 or cap > blen - 32 or trailer(buf, end - 4)[0] != blen:
+                if btype != 6 or end > n or blen & 3 or blen - cap < 32 or trailer(buf, end - 4)[0] != blen:
                     break
                 if ifid != cur:
                     if ifid >= len(ifaces) or ifaces[ifid][2] != 1:  # unknown, or a resolution to divide by

@@ -158,7 +158,7 @@ class PcapngRun:
             while True:
                 btype, blen, ifid, th, tl, cap = epb(buf, off)
                 end = off + blen
-                if btype != 6 or end > n or blen & 3 or cap > blen - 32 or trailer(buf, end - 4)[0] != blen:
+                if btype != 6 or end > n or blen & 3 or blen - cap < 32 or trailer(buf, end - 4)[0] != blen:
                     break
                 if ifid != cur:
                     lt, mul, div, tsoff, _ = ifaces[ifid]
