@@ -164,11 +164,14 @@ def run_dumpcap(ns: Netns, pcap: Path, rate: int, loop: int) -> Run:
     return r
 
 
-def capacity(ns: Netns, pcap: Path, packets: int) -> tuple[float, float]:
-    """(ring-only, ring+decode) packets/s of one worker on one core, sender out of the way.
+def capacity(ns: Netns, pcap: Path, packets: int) -> tuple[float, float, float]:
+    """(ring only, ring + decode by blocks, ring + decode frame by frame) packets/s of one
+    worker on one core, sender out of the way.
 
-    The whole capture is replayed into a ring big enough to hold it, then drained
-    twice over: once handing frames to nothing, once to the tap's decoder.
+    The whole capture is replayed into a ring big enough to hold it, then drained three
+    times over: blocks handed to nothing; blocks handed to the tap's fast path (what a
+    worker with one ring does); frames handed one by one to the full decoder (what a
+    worker does when it merges several rings by time).
     """
     import ctypes
 
@@ -179,7 +182,7 @@ def capacity(ns: Netns, pcap: Path, packets: int) -> tuple[float, float]:
     libc = ctypes.CDLL(None, use_errno=True)
     mb = max(64, int(pcap.stat().st_size * 2) >> 20)
     rates = []
-    for decode in (False, True):
+    for mode in ("ring", "blocks", "frames"):
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
         try:
@@ -195,11 +198,18 @@ def capacity(ns: Netns, pcap: Path, packets: int) -> tuple[float, float]:
             ns.replay(pcap, 0, 1)
             time.sleep(0.3)
             tap = Tap(TapConfig(), lambda ev: None)
-            sink = tap.feed if decode else (lambda ts, lt, f: None)
             n = 0
             t0 = time.perf_counter()
-            while k := ring.drain(sink):
-                n += k
+            if mode == "frames":
+                while k := ring.drain(tap.feed):
+                    n += k
+            else:
+                def block(buf: bytes, recs: list[int], tap: Tap = tap) -> None:
+                    tap.consume_batches(((buf, recs),))
+
+                sink = block if mode == "blocks" else (lambda buf, recs: None)
+                while k := ring.drain_batches(sink):
+                    n += k
             dt = time.perf_counter() - t0
             k = ring.read_stats()
             if k.drops or n < packets:
@@ -208,7 +218,7 @@ def capacity(ns: Netns, pcap: Path, packets: int) -> tuple[float, float]:
             rates.append(n / dt)
         finally:
             ring.close()
-    return rates[0], rates[1]
+    return rates[0], rates[1], rates[2]
 
 
 def series(label: str, rates: list[int], one: callable) -> list[Run]:  # type: ignore[valid-type]
@@ -266,9 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     ns = Netns()
     results: dict[str, list[Run]] = {}
     try:
-        ring_only, decode = capacity(ns, pcap, args.packets)
+        ring_only, decode, by_frame = capacity(ns, pcap, args.packets)
         print(f"  capacity of one worker on one core (capture buffered first): ring only {ring_only:,.0f} "
-              f"packets/s, ring + decode {decode:,.0f} packets/s", flush=True)
+              f"packets/s, ring + decode {decode:,.0f} packets/s by blocks (one ring), "
+              f"{by_frame:,.0f} frame by frame (several rings)", flush=True)
         print(f"  load average before the rate series: {os.getloadavg()[0]:.2f}", flush=True)
         for w in workers:
             label = f"upf-tap {w} worker{'s' if w > 1 else ''}"

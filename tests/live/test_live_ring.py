@@ -24,15 +24,27 @@ from upf_tap.live.ring import (
 pytestmark = pytest.mark.root
 
 
-def _drain_until(rings: list[Ring], got: list, want: int, timeout: float = 3.0) -> None:
+def _drain_until(rings: list[Ring], got: list, want: int, timeout: float = 3.0, blocks: bool = False) -> None:
+    """Frames as (ts, linktype, bytes), taken one by one or (``blocks``) a block at a time."""
+    def frame(ts: int, lt: int, f: bytes) -> None:
+        got.append((ts, lt, f))
+
+    def block(buf: bytes, recs: list[int]) -> None:
+        got.extend((recs[i], recs[i + 1], buf[recs[i + 2] : recs[i + 3]]) for i in range(0, len(recs), 4))
+
+    sink, batch_sink = (None, block) if blocks else (frame, None)
     end = time.monotonic() + timeout
     while len(got) < want and time.monotonic() < end:
-        poll_rings(rings, lambda ts, lt, f: got.append((ts, lt, f)), 50)
-    poll_rings(rings, lambda ts, lt, f: got.append((ts, lt, f)), 60)  # nothing extra may follow
+        poll_rings(rings, sink, 50, batch_sink=batch_sink)
+    poll_rings(rings, sink, 60, batch_sink=batch_sink)  # nothing extra may follow
 
 
+BY = pytest.mark.parametrize("blocks", [False, True], ids=["frames", "blocks"])
+
+
+@BY
 @pytest.mark.parametrize("name", ["synthetic-n3.pcap", "gtp-http-fragmented.pcap", "oai-5greplay.pcap"])
-def test_ring_delivers_tcpreplay_frames_byte_for_byte_in_order(veth_ns, captures, name) -> None:
+def test_ring_delivers_tcpreplay_frames_byte_for_byte_in_order(veth_ns, captures, name, blocks) -> None:
     pcap = str(captures / name)
     with veth_ns.inside():
         # small blocks so the capture spans many blocks and the ring wraps
@@ -43,7 +55,7 @@ def test_ring_delivers_tcpreplay_frames_byte_for_byte_in_order(veth_ns, captures
         want = [bytes(d) for d, _meta in RawPcapReader(pcap)]
         assert f"Actual: {len(want)} packets" in res.stdout
         got: list[tuple[int, int, bytes]] = []
-        _drain_until([ring], got, len(want))
+        _drain_until([ring], got, len(want), blocks=blocks)
         assert [f for _ts, _lt, f in got] == want
         assert {lt for _ts, lt, _f in got} == {LINKTYPE_ETHERNET}
         ts = [t for t, _lt, _f in got]
@@ -78,7 +90,8 @@ def test_full_ring_counts_kernel_drops(veth_ns) -> None:
         ring.close()
 
 
-def test_tun_frames_are_raw_ip(veth_ns) -> None:
+@BY
+def test_tun_frames_are_raw_ip(veth_ns, blocks) -> None:
     fd = open_tun(veth_ns)
     try:
         with veth_ns.inside():
@@ -90,14 +103,15 @@ def test_tun_frames_are_raw_ip(veth_ns) -> None:
         os.write(fd, p4)
         os.write(fd, p6)
         got: list = []
-        _drain_until([ring], got, 2)
+        _drain_until([ring], got, 2, blocks=blocks)
         assert [(lt, f) for _ts, lt, f in got] == [(LINKTYPE_IPV4, p4), (LINKTYPE_IPV6, p6)]
         ring.close()
     finally:
         os.close(fd)
 
 
-def test_loopback_shows_each_packet_once(veth_ns) -> None:
+@BY
+def test_loopback_shows_each_packet_once(veth_ns, blocks) -> None:
     with veth_ns.inside():
         ring = Ring("lo", ring_mb=2, block_size=1 << 16)
         bpf.attach(ring.sock, bpf.capture_program("n3", 14, (2152,), sctp=False))
@@ -107,7 +121,7 @@ def test_loopback_shows_each_packet_once(veth_ns) -> None:
         for i in range(5):
             s.sendto(bytes([i]) * 20, ("127.0.0.1", 2152))
         got: list = []
-        _drain_until([ring], got, 5)
+        _drain_until([ring], got, 5, blocks=blocks)
         assert [f[-20:] for _ts, _lt, f in got] == [bytes([i]) * 20 for i in range(5)]
     finally:
         s.close()

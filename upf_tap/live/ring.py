@@ -54,7 +54,7 @@ LINKTYPE_IPV6 = 229
 _HDR = struct.Struct("<IIIIII HH")  # next_offset, sec, nsec, snaplen, len, status, mac, net
 _SLL_PKTTYPE = 48 + 10
 _BLK_STATUS = 8
-_BLK_HDR = struct.Struct("<III")  # block_status, num_pkts, offset_to_first_pkt
+_BLK_HDR = struct.Struct("<IIII")  # block_status, num_pkts, offset_to_first_pkt, blk_len
 
 DEFAULT_BLOCK_SIZE = 1 << 20      # 1 MiB: a power-of-two multiple of the page size
 DEFAULT_RING_MB = 64
@@ -65,6 +65,7 @@ SIOCGIFHWADDR = 0x8927
 
 # frame callback: (ts_ns, linktype, frame)
 FrameSink = Callable[[int, int, bytes], None]
+BatchSink = Callable[[bytes, list[int]], None]
 
 
 class CaptureError(Exception):
@@ -194,7 +195,7 @@ class Ring:
         blocks = 0
         while True:
             base = self.next_block * bs
-            status, num, off = _BLK_HDR.unpack_from(m, base + _BLK_STATUS)
+            status, num, off, _used = _BLK_HDR.unpack_from(m, base + _BLK_STATUS)
             if not status & TP_STATUS_USER:
                 break
             p = base + off
@@ -217,6 +218,53 @@ class Ring:
         self.bytes += nbytes
         return n
 
+    def drain_batches(self, sink: BatchSink, max_blocks: int = 0) -> int:
+        """Like ``drain``, but one copy per block: ``sink(buf, [ts_ns, linktype, start, end,
+        ...])`` with the used part of the block and its frames' bounds in it, the batch
+        shape of ``Tap.consume_batches`` (whose fast path then skips bulk packets without
+        making an object per packet)."""
+        m = self.map
+        assert m is not None, "start() first"
+        bs = self.block_size
+        unpack_hdr = _HDR.unpack_from
+        linktype = self.linktype
+        skip_out = self.skip_outgoing
+        n = nbytes = blocks = 0
+        while True:
+            base = self.next_block * bs
+            status, num, off, used = _BLK_HDR.unpack_from(m, base + _BLK_STATUS)
+            if not status & TP_STATUS_USER:
+                break
+            if not off <= used <= bs:  # blk_len is the used length from the block's start
+                used = bs
+            buf = m[base : base + used]  # the one copy: the block is given back below
+            recs: list[int] = []
+            add = recs.extend
+            p = off
+            for _ in range(num):
+                nxt, sec, nsec, snaplen, _wire, _st, mac, _net = unpack_hdr(buf, p)
+                if not (skip_out and buf[p + _SLL_PKTTYPE] == PACKET_OUTGOING):
+                    start = p + mac
+                    if linktype == LINKTYPE_ETHERNET:
+                        lt = linktype
+                    else:
+                        v = buf[start] >> 4 if snaplen else 0
+                        lt = LINKTYPE_IPV4 if v == 4 else LINKTYPE_IPV6 if v == 6 else LINKTYPE_RAW
+                    add((sec * 1_000_000_000 + nsec, lt, start, start + snaplen))
+                    nbytes += snaplen
+                p += nxt
+            struct.pack_into("<I", m, base + _BLK_STATUS, TP_STATUS_KERNEL)  # give it back
+            self.next_block = (self.next_block + 1) % self.block_nr
+            blocks += 1
+            if recs:
+                n += len(recs) >> 2
+                sink(buf, recs)
+            if max_blocks and blocks >= max_blocks:
+                break
+        self.frames += n
+        self.bytes += nbytes
+        return n
+
     def close(self) -> None:
         if self.map is not None:
             self.map.close()
@@ -224,11 +272,18 @@ class Ring:
         self.sock.close()
 
 
-def poll_rings(rings: list[Ring], sink: FrameSink, timeout_ms: int) -> int:
-    """Wait up to ``timeout_ms`` for any ring to have a ready block, then drain all."""
-    n = 0
-    for r in rings:
-        n += r.drain(sink, max_blocks=8)
+def poll_rings(rings: list[Ring], sink: FrameSink | None, timeout_ms: int,
+               batch_sink: BatchSink | None = None) -> int:
+    """Wait up to ``timeout_ms`` for any ring to have a ready block, then drain all: frame
+    by frame to ``sink``, or block by block to ``batch_sink`` when it is given."""
+
+    def drain_all() -> int:
+        if batch_sink is not None:
+            return sum(r.drain_batches(batch_sink, max_blocks=8) for r in rings)
+        assert sink is not None
+        return sum(r.drain(sink, max_blocks=8) for r in rings)
+
+    n = drain_all()
     if n:
         return n
     p = select.poll()
@@ -242,9 +297,7 @@ def poll_rings(rings: list[Ring], sink: FrameSink, timeout_ms: int) -> int:
         if e.errno != errno.EINTR:
             raise
         return 0
-    for r in rings:
-        n += r.drain(sink, max_blocks=8)
-    return n
+    return drain_all()
 
 
 def have_capture_privilege() -> bool:

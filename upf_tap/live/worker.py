@@ -157,8 +157,8 @@ class Worker:
             self._emit(ev)
 
     def _round(self, timeout_ms: int) -> int:
-        if len(self.rings) == 1:
-            return poll_rings(self.rings, self.tap.feed, timeout_ms)
+        if len(self.rings) == 1:  # whole blocks to the tap's fast path
+            return poll_rings(self.rings, None, timeout_ms, batch_sink=self._consume_block)
         # Several rings (control + data, or several interfaces): the kernel hands each
         # ring's frames over in blocks, at most a retire period late, so a frame from one
         # ring may show up after later frames from another. Hold every frame for a few
@@ -194,6 +194,9 @@ class Worker:
             now = 1 << 63  # the clock stepped back: holding on would stall; release all
         self._release(now - HOLD_NS)
         return n
+
+    def _consume_block(self, buf: bytes, recs: list[int]) -> None:
+        self.tap.consume_batches(((buf, recs),))
 
     def _release(self, upto_ns: int) -> None:
         pending = self._pending
