@@ -179,50 +179,23 @@ class Ring:
         return self.stats
 
     def drain(self, sink: FrameSink, max_blocks: int = 0) -> int:
-        """Hand every frame of the blocks the kernel has released to ``sink``.
+        """Hand every frame of the blocks the kernel has released to ``sink``, one by one.
 
         Returns the number of frames; stops after ``max_blocks`` blocks when > 0 so
         one busy ring cannot starve the others.
         """
-        m = self.map
-        assert m is not None, "start() first"
-        bs = self.block_size
-        unpack_hdr = _HDR.unpack_from
-        linktype = self.linktype
-        skip_out = self.skip_outgoing
-        n = 0
-        nbytes = 0
-        blocks = 0
-        while True:
-            base = self.next_block * bs
-            status, num, off, _used = _BLK_HDR.unpack_from(m, base + _BLK_STATUS)
-            if not status & TP_STATUS_USER:
-                break
-            p = base + off
-            for _ in range(num):
-                nxt, sec, nsec, snaplen, _wire, _st, mac, _net = unpack_hdr(m, p)
-                if not (skip_out and m[p + _SLL_PKTTYPE] == PACKET_OUTGOING):
-                    start = p + mac
-                    frame = m[start:start + snaplen]  # a copy: the block is reused below
-                    lt = linktype if linktype == LINKTYPE_ETHERNET else raw_ip_linktype(frame)
-                    sink(sec * 1_000_000_000 + nsec, lt, frame)
-                    n += 1
-                    nbytes += snaplen
-                p += nxt
-            struct.pack_into("<I", m, base + _BLK_STATUS, TP_STATUS_KERNEL)  # give it back
-            self.next_block = (self.next_block + 1) % self.block_nr
-            blocks += 1
-            if max_blocks and blocks >= max_blocks:
-                break
-        self.frames += n
-        self.bytes += nbytes
-        return n
+        def frames(buf: bytes, recs: list[int]) -> None:
+            for i in range(0, len(recs), 4):
+                sink(recs[i], recs[i + 1], buf[recs[i + 2] : recs[i + 3]])
+
+        return self.drain_batches(frames, max_blocks)
 
     def drain_batches(self, sink: BatchSink, max_blocks: int = 0) -> int:
-        """Like ``drain``, but one copy per block: ``sink(buf, [ts_ns, linktype, start, end,
-        ...])`` with the used part of the block and its frames' bounds in it, the batch
-        shape of ``Tap.consume_batches`` (whose fast path then skips bulk packets without
-        making an object per packet)."""
+        """Hand the released blocks to ``sink``, one copy per block: ``sink(buf, [ts_ns,
+        linktype, start, end, ...])`` with the used part of the block and its frames' bounds
+        in it, the batch shape of ``Tap.consume_batches`` (whose fast path then skips bulk
+        packets without making an object per packet). Returns the number of frames; stops
+        after ``max_blocks`` blocks when > 0."""
         m = self.map
         assert m is not None, "start() first"
         bs = self.block_size
@@ -245,11 +218,7 @@ class Ring:
                 nxt, sec, nsec, snaplen, _wire, _st, mac, _net = unpack_hdr(buf, p)
                 if not (skip_out and buf[p + _SLL_PKTTYPE] == PACKET_OUTGOING):
                     start = p + mac
-                    if linktype == LINKTYPE_ETHERNET:
-                        lt = linktype
-                    else:
-                        v = buf[start] >> 4 if snaplen else 0
-                        lt = LINKTYPE_IPV4 if v == 4 else LINKTYPE_IPV6 if v == 6 else LINKTYPE_RAW
+                    lt = linktype if linktype == LINKTYPE_ETHERNET else raw_ip_linktype(buf[start : start + 1])
                     add((sec * 1_000_000_000 + nsec, lt, start, start + snaplen))
                     nbytes += snaplen
                 p += nxt
