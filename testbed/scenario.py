@@ -275,19 +275,33 @@ def run_on_stack(scn: Scenario, stack: Any) -> Outcome:
 
 
 # ---------------------------------------------------------------------- lab backend
+def sim_to_lab_address(text: str) -> str:
+    """Scenarios name the sim's DN addresses; in the lab the same services sit at the lab's (compose/networks.yaml)."""
+    import re
+
+    from testbed.lab import layout as L
+    from testbed.sim import topology as T
+
+    for sim_ip, lab_ip in ((T.SHOP_IP, L.ADDR["app"]["n6"]), (T.MQTT_IP, L.ADDR["mqtt"]["n6"]),
+                           (T.DNS_IP, L.ADDR["dns"]["n6"])):
+        text = re.sub(rf"(?<![\d.]){re.escape(sim_ip)}(?![\d])", lab_ip, text)
+    return text
+
+
 def lab_commands(scn: Scenario) -> list[list[str]]:
     """`docker compose exec` commands that perform the actions in UERANSIM's UE containers (uesimtun0)."""
     cmds = []
     for a in scn.actions:
         ue = f"ue{a.ue}"
         if a.kind == "http":
-            cmd = ["curl", "-sS", "--interface", "uesimtun0", "-X", a.spec.get("method", "GET"), a.spec["url"]]
+            cmd = ["curl", "-sS", "--interface", "uesimtun0", "-X", a.spec.get("method", "GET"),
+                   sim_to_lab_address(a.spec["url"])]
         elif a.kind == "dns":
             cmd = ["getent", "hosts", a.spec["qname"]]
         elif a.kind == "ping":
-            cmd = ["ping", "-c", "1", "-I", "uesimtun0", a.spec["host"]]
+            cmd = ["ping", "-c", "1", "-I", "uesimtun0", sim_to_lab_address(a.spec["host"])]
         elif a.kind == "mqtt":
-            cmd = ["mosquitto_pub", "-h", a.spec.get("host", "mqtt.mec.local"), "-t", a.spec["topic"],
+            cmd = ["mosquitto_pub", "-h", sim_to_lab_address(a.spec.get("host", "mqtt.mec.local")), "-t", a.spec["topic"],
                    "-m", str(a.spec.get("message", ""))]
         else:
             cmd = ["nr-cli", supi(a.ue), "--exec", "ps-release 1"]

@@ -19,7 +19,7 @@ const SUBSCRIBERS = [
   "msisdn": [],
   "imeisv": [],
   "mme_host": [],
-  "mm_realm": [],
+  "mme_realm": [],
   "purge_flag": [],
   "slice": [
    {
@@ -48,7 +48,7 @@ const SUBSCRIBERS = [
        }
       },
       "ue": {
-       "addr": "10.45.0.2"
+       "ipv4": "10.45.0.2"
       },
       "pcc_rule": []
      }
@@ -81,7 +81,7 @@ const SUBSCRIBERS = [
   "msisdn": [],
   "imeisv": [],
   "mme_host": [],
-  "mm_realm": [],
+  "mme_realm": [],
   "purge_flag": [],
   "slice": [
    {
@@ -110,7 +110,7 @@ const SUBSCRIBERS = [
        }
       },
       "ue": {
-       "addr": "10.45.0.3"
+       "ipv4": "10.45.0.3"
       },
       "pcc_rule": []
      }
@@ -143,7 +143,7 @@ const SUBSCRIBERS = [
   "msisdn": [],
   "imeisv": [],
   "mme_host": [],
-  "mm_realm": [],
+  "mme_realm": [],
   "purge_flag": [],
   "slice": [
    {
@@ -172,7 +172,7 @@ const SUBSCRIBERS = [
        }
       },
       "ue": {
-       "addr": "10.45.0.4"
+       "ipv4": "10.45.0.4"
       },
       "pcc_rule": []
      }
@@ -206,3 +206,9 @@ for (const s of SUBSCRIBERS) {
   n += 1;
 }
 print('provisioned ' + n + ' subscribers; total in db: ' + db.subscribers.countDocuments({}));
+// the WebUI runs in production mode, which seeds no login: add admin/1423 if there is no account
+const ADMIN = {"username": "admin", "roles": ["admin"], "salt": "c75ba7f8779e067f689c3d519c1a4b4c2ec16706d25da3819a0f87d406a8fdbb", "hash": "d8aa2b70e97eb11f4a9d1a9dacf91621e80af5f93421610d105d83e5dd20e868ef7ebac2e3253ad9e724c1e4c65949d7cf3ff8db5b0ae7d659dc9ef7da61ee6c43725489bbd7b7baa1ba661ca401d004e45d2dbe5c7ffa920e18eebf2f4e8ee9ef57f3228b84e4757ceedcb439538e4f055bf6e294005d68ffb83297cce2ddab83e9c6c1f819d674b94bed39da491082a5d37b19388c308ca9172501fc8c80108112f5e506edd4be1f44fa7673bd06b1acfb8b754b72e3f8c4d6a8a6346a3d86314f8cbde6c387073245cb32a3ee969dbb2184ff8076fe65131375eb54e04216cfb1c62dfe865ed4d04f95e4af55b7c3da76582a5986ff085b13187ece2c7dcdf9b7fd78eb6a1b1a8074f6a21b3dc81ab787db8bb7bf29d98a091ac8318dcef7b877a76c3b9e33db5bfaa1732bab1564064170cfd2708103d4f97eb59cff3cd9f95f7edefb3d9078d731124aa767cc887f7dd89db5b2a7b0d301f398e80d143620141747fb52ccfe91631764fd29d43ef1bceefbc1694d0b8fd40a44b5e08b0380133b45ed8b58a4123f54659e74bcba6c050eb852b4062cb0e56b4791da2b499faf9b844dee7794565355aa2c7bcc8db2d22c5dcfff6c597dac664740753c4cab70046246d547d08fa1490b98c165730f030a9af255548d3bd943e36d30232f8185f2c3a308ac6a0e0ecabe1afc92d73cb3bb299b7d53e0773930f9fa2b6876"};
+if (db.accounts.countDocuments({}) === 0) {
+  db.accounts.insertOne(ADMIN);
+  print('WebUI account ' + ADMIN.username + ' created');
+}

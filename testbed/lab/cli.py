@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from testbed.lab import doctor, plan, render
 from testbed.lab import layout as L
-from testbed.lab import plan, prereq, render
 from testbed.lab.runner import run_plan
 from testbed.lab.subscribers import Subscriber, SubscriberError, dump, generate, load
 from testbed.lab.versions import VersionsError, read_versions
@@ -37,7 +37,16 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                     "See docs/lab.md.")
     sub = lab.add_subparsers(dest="lab_command", metavar="COMMAND", required=True)
 
-    up = sub.add_parser("up", help="check prerequisites, create everything, wait until ready",
+    doc = sub.add_parser("doctor", help="can this host run the lab? one line per check, with the fix",
+                         description="Check the host before a lab run (and `lab up` runs the same checks): "
+                                     "Docker engine, image store, Compose, kind, kubectl, the sctp module, "
+                                     "/dev/net/tun, ip_forward, AVX where MongoDB needs it, the lab's networks "
+                                     "against host routes and Docker networks, host ports, inotify limits, "
+                                     "disk and memory. Exits 1 when the lab cannot work here.")
+    doc.add_argument("--skip-k8s", action="store_true", help="only what the Compose lab needs")
+    doc.add_argument("--skip-compose", action="store_true", help="only what kind + Knative need")
+
+    up = sub.add_parser("up", help="check the host (as `doctor`), create everything, wait until ready",
                         description="Create the kind cluster, install Knative, deploy the Broker, Triggers, "
                                     "functions and detector, then bring up the Compose lab with the tap and "
                                     "wait for every UE's PDU session.")
@@ -78,6 +87,8 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                                       "testbed/constants.py and compose/subscribers.yaml.")
     rend.add_argument("--ues", type=_positive, metavar="N",
                       help="first rewrite compose/subscribers.yaml with N subscribers from the constants")
+    rend.add_argument("--network", action="append", default=[], metavar="NAME=CIDR",
+                      help="first set a lab network's subnet in compose/networks.yaml (core, ran, n6; repeatable)")
     rend.add_argument("--check", action="store_true",
                       help="write nothing; exit 1 if any generated file is out of date")
     return lab
@@ -89,19 +100,58 @@ def _fail(msg: str) -> int:
 
 
 def _prereqs(command: str, *, k8s: bool, compose: bool, dry_run: bool, kind_min: str) -> bool:
-    checks = prereq.checks_for(command, k8s=k8s, compose=compose, kind_min=kind_min)
-    bad = [c for c in checks if not c.ok]
+    checks = doctor.checks_for(command, k8s=k8s, compose=compose, kind_min=kind_min)
     if dry_run:
         for c in checks:
-            print(f"# prerequisite {c.name}: {'ok' if c.ok else 'MISSING'} ({c.message})")
+            state = {"ok": "ok", "warn": "warn", "fail": "MISSING"}[c.level]
+            print(f"# prerequisite {c.name}: {state} ({c.message}{'; fix: ' + c.fix if c.fix else ''})")
         return True
-    for c in bad:
-        print(f"testbed lab: {c.message}", file=sys.stderr)
+    for c in checks:
+        if c.level != "ok":
+            print(f"testbed lab: {c.line()}", file=sys.stderr)
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        print(f"testbed lab: {len(bad)} check(s) failed; `testbed lab doctor` shows them all", file=sys.stderr)
     return not bad
+
+
+def _doctor(args: argparse.Namespace, kind_min: str) -> int:
+    if args.skip_k8s and args.skip_compose:
+        return _fail("--skip-k8s and --skip-compose leave nothing to check")
+    checks = doctor.checks_for("doctor", k8s=not args.skip_k8s, compose=not args.skip_compose, kind_min=kind_min)
+    for c in checks:
+        print(c.line())
+    bad = sum(not c.ok for c in checks)
+    warn = sum(c.level == "warn" for c in checks)
+    print(f"{len(checks)} checks: {len(checks) - bad - warn} ok, {warn} warnings, {bad} failed"
+          + ("" if bad else " — the lab can run here"))
+    return 1 if bad else 0
+
+
+def _set_networks(specs: list[str]) -> None:
+    """Apply NAME=CIDR overrides to compose/networks.yaml and reload the layout from it."""
+    import importlib
+
+    nets = dict(L.NETWORKS)
+    for spec in specs:
+        name, sep, cidr = spec.partition("=")
+        if not sep or name not in L.NETWORK_NAMES:
+            raise L.LayoutError(f"--network {spec!r}: expected NAME=CIDR with NAME one of {', '.join(L.NETWORK_NAMES)}")
+        nets[name] = cidr
+    nets = L.parse_networks(nets, "--network")
+    L.NETWORKS_FILE.write_text(L.networks_yaml(nets))
+    print(f"wrote {L.NETWORKS_FILE.relative_to(L.REPO)} ({', '.join(f'{k} {v}' for k, v in nets.items())})")
+    importlib.reload(L)
 
 
 def _render(args: argparse.Namespace) -> int:
     try:
+        if args.network:
+            if args.check:
+                return _fail("--check and --network do not go together (--network rewrites compose/networks.yaml)")
+            _set_networks(args.network)
+        elif L.NETWORKS_ERROR:
+            return _fail(L.NETWORKS_ERROR)
         if args.ues:
             subs = generate(args.ues)
             if args.check:
@@ -110,7 +160,7 @@ def _render(args: argparse.Namespace) -> int:
             print(f"wrote {L.SUBSCRIBERS_FILE.relative_to(L.REPO)} ({len(subs)} subscribers)")
         else:
             subs = load(L.SUBSCRIBERS_FILE)
-    except SubscriberError as e:
+    except (SubscriberError, L.LayoutError) as e:
         return _fail(str(e))
     if args.check:
         stale = render.stale_files(L.REPO, subs) + [str(p.relative_to(L.REPO))
@@ -148,8 +198,15 @@ def run_lab(args: argparse.Namespace) -> int:
         return _check(args)
     try:
         versions = read_versions()
+    except VersionsError as e:
+        return _fail(str(e))
+    if cmd == "doctor":
+        return _doctor(args, versions["KIND_MIN_VERSION"])
+    if L.NETWORKS_ERROR:
+        return _fail(L.NETWORKS_ERROR)
+    try:
         subs = load(L.SUBSCRIBERS_FILE)
-    except (VersionsError, SubscriberError) as e:
+    except SubscriberError as e:
         return _fail(str(e))
     dry = args.dry_run
     if cmd == "up":

@@ -22,6 +22,10 @@ from testbed.lab.versions import release_manifests
 TOKEN_FILE = L.COMPOSE_DIR / "secrets" / "detector-token"
 
 
+class StepError(RuntimeError):
+    """A local action failed; the message is the one line the runner prints."""
+
+
 @dataclass
 class Step:
     title: str
@@ -151,21 +155,22 @@ def up_plan(versions: dict[str, str], subs: list[Subscriber], *, k8s: bool = Tru
                                                      "-l", "knative.dev/crd-install=true", t)),
             Step("Knative Serving core", kubectl("apply", "-f", rel["serving-core"])),
             Step("Kourier", kubectl("apply", "-f", rel["kourier"])),
-            Step("Serving uses Kourier", kubectl(
-                "patch", "configmap/config-network", "-n", "knative-serving", "--type", "merge",
-                "-p", '{"data":{"ingress-class":"kourier.ingress.networking.knative.dev"}}')),
-            Step("Knative Service URLs on 127.0.0.1.sslip.io", kubectl(
-                "patch", "configmap/config-domain", "-n", "knative-serving", "--type", "merge",
-                "-p", '{"data":{"127.0.0.1.sslip.io":""}}')),
+            Step("Serving ready", kubectl("wait", "--for=condition=Available", "deployment", "--all",
+                                          "-n", "knative-serving", t)),
+            Step("Kourier ready", kubectl("wait", "--for=condition=Available", "deployment", "--all",
+                                          "-n", "kourier-system", t)),
+            # ConfigMaps in knative-serving pass the config.webhook.serving.knative.dev validating
+            # webhook (failurePolicy: Fail, knative/serving#13665): patch only once Serving is
+            # Available, and retry while the webhook's endpoints come up
+            configmap_patch("Serving uses Kourier", "config-network",
+                            {"ingress-class": "kourier.ingress.networking.knative.dev"}),
+            configmap_patch("Knative Service URLs on 127.0.0.1.sslip.io", "config-domain",
+                            {"127.0.0.1.sslip.io": ""}),
             Step(f"Kourier on NodePort {L.KOURIER_NODEPORT}", kubectl(
                 "patch", "service/kourier", "-n", "kourier-system",
                 "-p", json.dumps({"spec": {"type": "NodePort",
                                            "ports": [{"port": 80, "nodePort": L.KOURIER_NODEPORT}]}},
                                  separators=(",", ":")))),
-            Step("Serving ready", kubectl("wait", "--for=condition=Available", "deployment", "--all",
-                                          "-n", "knative-serving", t)),
-            Step("Kourier ready", kubectl("wait", "--for=condition=Available", "deployment", "--all",
-                                          "-n", "kourier-system", t)),
             Step("Knative Eventing CRDs", kubectl("apply", "-f", rel["eventing-crds"])),
             Step("Eventing CRDs established", kubectl("wait", "--for=condition=Established", "crd",
                                                       "-l", "knative.dev/crd-install=true", t)),
@@ -178,23 +183,20 @@ def up_plan(versions: dict[str, str], subs: list[Subscriber], *, k8s: bool = Tru
                  kubectl("apply", "-f", _rel(L.K8S_DIR / "install/broker-ingress-nodeport.yaml"))),
             Step("build the detector image", ["docker", "build", "-f", "docker/detector.Dockerfile",
                                               "-t", L.DETECTOR_IMAGE, "."]),
-            Step("load the detector image into kind",
-                 ["kind", "load", "docker-image", L.DETECTOR_IMAGE, "--name", L.CLUSTER]),
+            kind_load_step("load the detector image into kind", L.DETECTOR_IMAGE),
         ]
         fn_images = function_images()
         for module, img in fn_images:
             steps += [
                 Step(f"build function {module}", ["docker", "build", "-f", "docker/function.Dockerfile",
                                                   "--build-arg", f"FUNCTION={module}", "-t", img, "."]),
-                Step(f"load function {module} into kind", ["kind", "load", "docker-image", img, "--name", L.CLUSTER]),
+                kind_load_step(f"load function {module} into kind", img),
             ]
         # Knative resolves tags to digests by asking the registry; kind-loaded images are in no registry
         skip = ["kind.local", "ko.local", "dev.local"]
         skip += sorted({_registry(img) for _, img in fn_images} - set(skip))
-        steps.append(Step("Knative: no tag resolution for the lab's own images", kubectl(
-            "patch", "configmap/config-deployment", "-n", "knative-serving", "--type", "merge",
-            "-p", json.dumps({"data": {"registries-skipping-tag-resolving": ",".join(skip)}},
-                             separators=(",", ":")))))
+        steps.append(configmap_patch("Knative: no tag resolution for the lab's own images", "config-deployment",
+                                     {"registries-skipping-tag-resolving": ",".join(skip)}))
         knative_dir = L.K8S_DIR / "knative"
         steps += [
             Step(f"namespace {L.NAMESPACE}", kubectl("apply", "-f", _rel(L.K8S_DIR / "detector/00-namespace.yaml"))),
@@ -213,14 +215,84 @@ def up_plan(versions: dict[str, str], subs: list[Subscriber], *, k8s: bool = Tru
                                               "-n", L.NAMESPACE, t)),
         ]
     if compose:
-        dc = compose_cmd(with_tap=k8s)
+        base, full = compose_cmd(with_tap=False), compose_cmd(with_tap=True)
         steps += [
-            Step("build the lab images (tap, DN DNS)", [*dc, "build"]),
-            Step("5G core, RAN, UEs and DN" + (" + tap" if k8s else ""), [*dc, "up", "-d", "--remove-orphans"]),
-            Step(f"wait until the {len(subs)} UE(s) have a PDU session", [*dc, "ps", "--format", "json"],
+            Step("build the lab images (tap, DN DNS)", [*(full if k8s else base), "build"]),
+            # the base file alone, so this step means the same on a first run and on a re-run; the
+            # tap file adds services only and never changes `upf`, whose config hash Compose compares
+            # to decide on recreating it (docker/compose pkg/compose/convergence.go mustRecreate)
+            Step("5G core, RAN, UEs and DN", [*base, "up", "-d", "--remove-orphans"] if not k8s
+                 else [*base, "up", "-d"]),
+            Step(f"wait until the {len(subs)} UE(s) have a PDU session", [*base, "ps", "--format", "json"],
                  poll=float(timeout), until=lambda out: ues_healthy(out, subs)),
         ]
+        steps += [data_path_step(s, timeout=min(timeout, 60)) for s in subs]
+        if k8s:
+            steps += [
+                Step(f"UPF joins Docker network {L.KIND_NETWORK} (no restart: live sessions stay up)",
+                     action=connect_upf_to_kind, show=f"docker network connect {L.KIND_NETWORK} "
+                     f"$({shlex.join([*base, 'ps', '-q', 'upf'])})   # skipped if already connected"),
+                Step("tap on N3/N4 and N6 (in the UPF's network namespace)",
+                     [*full, "up", "-d", "tap", "tap-n6"]),
+            ]
     return steps
+
+
+def configmap_patch(title: str, name: str, data: dict[str, str], retry_s: float = 120.0) -> Step:
+    """A merge patch of a ConfigMap in knative-serving, retried while the config webhook is not serving."""
+    return Step(title, kubectl("patch", f"configmap/{name}", "-n", "knative-serving", "--type", "merge",
+                               "-p", json.dumps({"data": data}, separators=(",", ":"))), poll=retry_s)
+
+
+def kind_load_step(title: str, image: str) -> Step:
+    from testbed.lab import kindload
+
+    def load() -> None:
+        how = kindload.load_image(image, L.CLUSTER, log=lambda s: print(s, file=sys.stderr))
+        print(f"    loaded {image} ({how})", file=sys.stderr)
+
+    return Step(title, action=load, show=kindload.describe(image, L.CLUSTER))
+
+
+def data_path_probe(sub: Subscriber) -> list[str]:
+    """A request from the UE, out of its PDU session (uesimtun0), to the DN's main application."""
+    return ["curl", "-sS", "--fail", "--max-time", "3", "--interface", "uesimtun0", "-o", "/dev/null",
+            "-w", "%{http_code}", f"http://{L.ADDR['app']['n6']}:{L.APP_PORT}/healthz"]
+
+
+def data_path_step(sub: Subscriber, *, timeout: int) -> Step:
+    """Proves the user plane, not only an address: UE -> gNB -> N3 -> UPF -> N6 -> app, answered."""
+    ue = f"ue{sub.n}"
+    return Step(f"{ue} ({sub.ip}) reaches the main application through the UPF",
+                [*compose_cmd(with_tap=False), "exec", "-T", ue, *data_path_probe(sub)],
+                poll=float(timeout), until=lambda out: out.strip() == "200")
+
+
+def upf_networks(inspect_json: str) -> set[str]:
+    """Network names of a container from `docker inspect -f '{{json .NetworkSettings.Networks}}'`."""
+    try:
+        nets = json.loads(inspect_json or "{}")
+    except json.JSONDecodeError:
+        return set()
+    return set(nets) if isinstance(nets, dict) else set()
+
+
+def connect_upf_to_kind() -> None:
+    import subprocess
+
+    def run(argv: list[str]) -> str:
+        p = subprocess.run(argv, cwd=L.REPO, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise StepError(f"{shlex.join(argv[:4])}: {(p.stderr or p.stdout).strip() or f'exit {p.returncode}'}")
+        return p.stdout.strip()
+
+    cid = run([*compose_cmd(with_tap=False), "ps", "-q", "upf"])
+    if not cid:
+        raise StepError("the upf container is not running")
+    if L.KIND_NETWORK in upf_networks(run(["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", cid])):
+        print(f"    already on {L.KIND_NETWORK}", file=sys.stderr)
+        return
+    run(["docker", "network", "connect", L.KIND_NETWORK, cid])
 
 
 def down_plan(*, keep_cluster: bool = False) -> list[Step]:

@@ -8,7 +8,9 @@ to their contents.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -150,12 +152,9 @@ def ue_config(sub: Subscriber) -> str:
         "supi": sub.supi,
         "mcc": C.MCC,
         "mnc": C.MNC,
-        # null scheme: the SUCI carries the MSIN in clear (the tap reads it). UERANSIM 3.2.6 always
-        # uses it and ignores these four keys; 3.3 reads them
-        "protectionScheme": 0,
-        "homeNetworkPublicKey": "5a8d38864820197c3394b92613b20b91633cbd897119273bf8e4a6f4eec0a650",
-        "homeNetworkPublicKeyId": 1,
-        "routingIndicator": "0000",
+        # SUCI: UERANSIM 3.2.6 always sends the null scheme with routing indicator 0000 (the MSIN in
+        # clear, which the tap reads) and reads no SUCI keys (src/ue/nas/mm/identity.cpp); 3.2.7
+        # added protectionScheme, homeNetworkPublicKey(Id) and routingIndicator (tests/lab/facts/ueransim.yaml)
         "key": C.SUBSCRIBER_K,
         "op": C.SUBSCRIBER_OPC,
         "opType": "OPC",
@@ -197,7 +196,9 @@ def subscriber_document(sub: Subscriber) -> dict[str, Any]:
             "qos": {"index": 9, "arp": {"priority_level": 8, "pre_emption_capability": 1,
                                         "pre_emption_vulnerability": 1}},
             "ambr": {"downlink": gbps, "uplink": gbps},
-            "ue": {"addr": sub.ip},                      # static UE IP: the tap's identity file agrees
+            # static UE IP: Open5GS reads slice[].session[].ue.ipv4 / .ipv6 and nothing else
+            # (lib/dbi/subscription.c at v2.7.5; tests/lab/facts/open5gs.yaml)
+            "ue": {"ipv4": sub.ip},
             "pcc_rule": [],
         }],
     }
@@ -209,7 +210,7 @@ def subscriber_document(sub: Subscriber) -> dict[str, Any]:
         "msisdn": [],
         "imeisv": [],
         "mme_host": [],
-        "mm_realm": [],
+        "mme_realm": [],
         "purge_flag": [],
         "slice": [slice_],
         "security": {"k": C.SUBSCRIBER_K, "op": None, "opc": C.SUBSCRIBER_OPC, "amf": C.AMF_FIELD},
@@ -224,6 +225,25 @@ def subscriber_document(sub: Subscriber) -> dict[str, Any]:
 _INT32_KEYS = ("schema_version", "sst", "type", "index", "priority_level", "pre_emption_capability",
                "pre_emption_vulnerability", "value", "unit", "access_restriction_data",
                "network_access_mode", "subscribed_rau_tau_timer")
+
+
+# The WebUI's own default login (open5gs v2.7.5 webui/server/index.js seeds it in dev mode only).
+WEBUI_ADMIN_USER, WEBUI_ADMIN_PASSWORD = "admin", "1423"
+# passport-local-mongoose 8 defaults (index.js): hex salt of 32 random bytes, pbkdf2-sha256,
+# 25000 iterations, 512-byte key, hex; the salt string itself is the pbkdf2 salt (lib/pbkdf2.js)
+PLM_ITERATIONS, PLM_KEYLEN = 25000, 512
+
+
+@cache
+def webui_admin_account() -> dict[str, Any]:
+    """The WebUI's `accounts` document for admin/1423, as passport-local-mongoose's register() makes it.
+
+    The salt is fixed (not random) so that the rendered provision.js stays the same from run to run;
+    change the password in the WebUI after the first login on a shared machine.
+    """
+    salt = hashlib.sha256(b"mec-testbed: Open5GS WebUI admin account").hexdigest()
+    key = hashlib.pbkdf2_hmac("sha256", WEBUI_ADMIN_PASSWORD.encode(), salt.encode(), PLM_ITERATIONS, PLM_KEYLEN)
+    return {"username": WEBUI_ADMIN_USER, "roles": ["admin"], "salt": salt, "hash": key.hex()}
 
 
 def provision_js(subs: list[Subscriber]) -> str:
@@ -249,6 +269,12 @@ def provision_js(subs: list[Subscriber]) -> str:
         + "  n += 1;\n"
         + "}\n"
         + "print('provisioned ' + n + ' subscribers; total in db: ' + db.subscribers.countDocuments({}));\n"
+        + "// the WebUI runs in production mode, which seeds no login: add admin/1423 if there is no account\n"
+        + f"const ADMIN = {json.dumps(webui_admin_account())};\n"
+        + "if (db.accounts.countDocuments({}) === 0) {\n"
+        + "  db.accounts.insertOne(ADMIN);\n"
+        + "  print('WebUI account ' + ADMIN.username + ' created');\n"
+        + "}\n"
     )
 
 
@@ -289,7 +315,12 @@ def _sbi_health(daemon: str) -> dict[str, Any]:
 def _nf(nf: str, *, depends: dict[str, str], user_root: bool = False) -> dict[str, Any]:
     svc: dict[str, Any] = {
         "image": L.OPEN5GS_IMAGE,
-        "command": [f"open5gs-{nf}d", "-c", f"{CONF_IN_CONTAINER}/{nf}.yaml"],
+        # the NF itself, not the image's /entrypoint.sh: that script runs it without `exec` and
+        # traps nothing, so `docker stop` would never reach the NF (Gradiant/5g-images
+        # images/open5gs/entrypoint.sh); open5gs-<nf>d stops cleanly on SIGTERM (src/main.c)
+        "entrypoint": [f"open5gs-{nf}d"],
+        "command": ["-c", f"{CONF_IN_CONTAINER}/{nf}.yaml"],
+        "init": True,
         "volumes": [f"./configs/open5gs:{CONF_IN_CONTAINER}:ro"],
         "networks": _nets(nf),
         "restart": "on-failure",
@@ -355,15 +386,20 @@ def compose_doc(subs: list[Subscriber]) -> dict[str, Any]:
         "amf": _nf("amf", depends={**after_scp, "smf": healthy}),
         "webui": {
             "image": L.OPEN5GS_WEBUI_IMAGE,
-            "environment": {"DB_URI": _db_uri(), "NODE_ENV": "dev"},
+            # production: the image holds the `next build` output; only dev mode would seed the admin
+            # account, so provision.js does (open5gs v2.7.5 webui/server/index.js)
+            "environment": {"DB_URI": _db_uri(), "NODE_ENV": "production"},
+            "init": True,                     # node as PID 1 installs no SIGTERM handler
+            "depends_on": {"mongo": {"condition": healthy}, "provision": {"condition": done}},
             "ports": [f"127.0.0.1:{L.WEBUI_PORT}:{L.WEBUI_PORT}"],
-            "depends_on": {"mongo": {"condition": healthy}},
             "networks": _nets("webui"),
             "restart": "on-failure",
         },
         "gnb": {
             "image": L.UERANSIM_IMAGE,
+            # nr-gnb itself (it handles SIGTERM: src/lib/app/base_app.cpp), not the image's script
             "entrypoint": ["nr-gnb", "-c", f"{UERANSIM_IN_CONTAINER}/gnb.yaml"],
+            "init": True,
             "volumes": [f"./configs/ueransim:{UERANSIM_IN_CONTAINER}:ro"],
             "depends_on": {"amf": {"condition": healthy}},
             "networks": _nets("gnb"),
@@ -376,8 +412,15 @@ def compose_doc(subs: list[Subscriber]) -> dict[str, Any]:
     for s in subs:
         services[f"ue{s.n}"] = {
             "image": L.UERANSIM_IMAGE,
-            "entrypoint": ["nr-ue", "-c", f"{UERANSIM_IN_CONTAINER}/ue{s.n}.yaml"],
-            "volumes": [f"./configs/ueransim:{UERANSIM_IN_CONTAINER}:ro"],
+            # our script: nr-ue, and on SIGTERM a switch-off deregistration before it exits (nr-ue
+            # alone exits on SIGTERM without deregistering: src/lib/app/base_app.cpp)
+            "entrypoint": ["/bin/sh", "/etc/mec/ue-entrypoint.sh"],
+            "command": ["nr-ue", "-c", f"{UERANSIM_IN_CONTAINER}/ue{s.n}.yaml"],
+            "init": True,
+            "stop_grace_period": "15s",
+            "environment": {"UE_SUPI": s.supi},
+            "volumes": [f"./configs/ueransim:{UERANSIM_IN_CONTAINER}:ro",
+                        "./ueransim/ue-entrypoint.sh:/etc/mec/ue-entrypoint.sh:ro"],
             "cap_add": ["NET_ADMIN"],
             "devices": ["/dev/net/tun:/dev/net/tun"],
             "depends_on": {"gnb": {"condition": healthy}, "provision": {"condition": done}},
@@ -439,8 +482,10 @@ def tap_override_doc() -> dict[str, Any]:
     args = ["--tap", DEFAULT_TAP_ID, "--identity", "/etc/mec/subscribers.yaml",
             "--detector", L.DETECTOR_URL, "--token-file", "/run/secrets/detector_token"]
     return {
+        # no `upf:` entry here: a network added to it would change its config hash, and Compose would
+        # recreate the UPF under live PDU sessions; `testbed lab up` connects the running UPF to kind's
+        # network with `docker network connect` instead (docs/lab.md)
         "services": {
-            "upf": {"networks": {L.KIND_NETWORK: {}}},
             # N3 (GTP-U) and N4 (PFCP): interfaces found by subnet, Docker's ethN order is not stable
             "tap": {**common,
                     "environment": {"TAP_SUBNETS": f"{L.NETWORKS['ran']},{L.NETWORKS['core']}"},
@@ -450,7 +495,6 @@ def tap_override_doc() -> dict[str, Any]:
                        "environment": {"TAP_IFACES": L.OGSTUN},
                        "command": ["--point", "n6", *args]},
         },
-        "networks": {L.KIND_NETWORK: {"external": True, "name": L.KIND_NETWORK}},
         "secrets": {"detector_token": {"file": "./secrets/detector-token"}},
     }
 
@@ -462,8 +506,9 @@ def compose_file(subs: list[Subscriber]) -> str:
 
 
 def tap_override_file() -> str:
-    note = ("# Add with `-f compose/docker-compose.tap.yaml` once the kind cluster exists (`testbed lab up`\n"
-            "# does): joins the UPF to kind's Docker network so the tap reaches the detector's NodePort.\n")
+    note = ("# Add with `-f compose/docker-compose.tap.yaml` once the kind cluster exists and the UPF is on\n"
+            "# kind's Docker network (`testbed lab up` does both: `docker network connect kind <upf>`), so\n"
+            "# the tap reaches the detector's NodePort. It adds services only and leaves `upf` untouched.\n")
     return _yaml(tap_override_doc(), note)
 
 

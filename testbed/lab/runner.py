@@ -54,7 +54,11 @@ def run_plan(steps: list[Step], *, dry_run: bool, out: TextIO = sys.stdout, err:
             print(f"    skipped: {step.skip_note}", file=err)
             continue
         if step.action is not None:
-            step.action()
+            try:
+                step.action()
+            except (RuntimeError, OSError) as e:   # StepError, kindload.LoadError, a missing program
+                print(f"testbed lab: step {i} ({step.title}) failed: {e}", file=err)
+                return 1
             continue
         deadline = time.monotonic() + step.poll
         while True:

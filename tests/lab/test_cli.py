@@ -78,10 +78,10 @@ def test_up_without_tools_fails_with_one_clear_line_each(tmp_path: Path) -> None
     p = lab("up", env=no_tools_env(tmp_path))
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
-    assert any(ln.startswith("testbed lab: docker: not found in PATH") for ln in lines)
-    assert any(ln.startswith("testbed lab: kind: not found in PATH") for ln in lines)
-    assert any(ln.startswith("testbed lab: kubectl: not found in PATH") for ln in lines)
+    for tool in ("docker", "kind", "kubectl"):
+        assert any(ln.startswith(f"testbed lab: FAIL  {tool}: not found in PATH — fix: install") for ln in lines)
     assert all(ln.startswith("testbed lab: ") for ln in lines)
+    assert lines[-1].endswith("`testbed lab doctor` shows them all")
     assert "Traceback" not in p.stderr
 
 
@@ -94,7 +94,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
     assert lab("frobnicate").returncode == 2
 
 
-@pytest.mark.parametrize("cmd", [[], ["up"], ["down"], ["status"], ["smoke"], ["render"], ["check"]])
+@pytest.mark.parametrize("cmd", [[], ["up"], ["down"], ["status"], ["smoke"], ["render"], ["check"], ["doctor"]])
 def test_help(cmd: list[str]) -> None:
     p = lab(*cmd, "--help")
     assert p.returncode == 0 and "usage: testbed lab" in p.stdout
@@ -145,20 +145,3 @@ def test_check_command_passes_and_needs_the_shared_schemas(shared: Path, tmp_pat
     assert p.returncode == 0, p.stdout + p.stderr
     p = lab("check", "--shared", str(tmp_path))
     assert p.returncode == 1 and "shared schemas not found" in p.stdout
-
-
-def test_prerequisite_checks_on_real_paths(tmp_path: Path) -> None:
-    from testbed.lab import prereq
-
-    proc, sys_ = tmp_path / "proc", tmp_path / "sys"
-    (proc / "net").mkdir(parents=True)
-    (sys_ / "module").mkdir(parents=True)
-    c = prereq.check_sctp(proc, sys_)
-    assert not c.ok and "modprobe sctp" in c.message
-    (sys_ / "module/sctp").mkdir()
-    assert prereq.check_sctp(proc, sys_).ok
-    assert not prereq.check_tun(tmp_path / "nope").ok
-    plain = tmp_path / "tun"
-    plain.write_text("")
-    assert "not a character device" in prereq.check_tun(plain).message
-    assert prereq.check_tun(Path("/dev/null")).ok          # a character device

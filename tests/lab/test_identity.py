@@ -111,7 +111,7 @@ def test_gnb_and_ues_agree_with_the_constants_and_the_list(subs: list) -> None:
         assert ue["supi"] == s.supi and ue["supi"].startswith(f"imsi-{ue['mcc']}{ue['mnc']}")
         assert (ue["mcc"], ue["mnc"]) == (C.MCC, C.MNC)
         assert (ue["key"], ue["op"], ue["opType"], ue["amf"]) == (C.SUBSCRIBER_K, C.SUBSCRIBER_OPC, "OPC", C.AMF_FIELD)
-        assert ue["protectionScheme"] == 0
+        assert "protectionScheme" not in ue       # 3.2.6 always uses the null scheme (facts/ueransim.yaml)
         (sess,) = ue["sessions"]
         assert sess["apn"] == s.dnn == C.DNN and sess["slice"] == {"sst": C.SST}
         assert ue["gnbSearchList"] == [gnb["linkIp"]]
@@ -125,7 +125,8 @@ def test_provisioning_agrees_with_the_list(subs: list) -> None:
         (sl,) = d["slice"]
         assert sl["sst"] == C.SST and "sd" not in sl and sl["default_indicator"] is True
         (sess,) = sl["session"]
-        assert sess["name"] == C.DNN and sess["ue"] == {"addr": s.ip}
+        # Open5GS reads only ue.ipv4 / ue.ipv6 (tests/lab/facts/open5gs.yaml: lib/dbi/subscription.c)
+        assert sess["name"] == C.DNN and sess["ue"] == {"ipv4": s.ip}
         assert ipaddress.ip_address(s.ip) in ipaddress.ip_network(C.UE_POOL_V4)
 
 
@@ -136,7 +137,7 @@ def test_compose_has_one_ue_service_per_subscriber(subs: list) -> None:
     for s in subs:
         svc = services[f"ue{s.n}"]
         assert svc["labels"] == {"mec.supi": s.supi, "mec.ue-ip": s.ip}
-        assert svc["entrypoint"][-1].endswith(f"/ue{s.n}.yaml")
+        assert svc["command"][-1].endswith(f"/ue{s.n}.yaml") and svc["environment"]["UE_SUPI"] == s.supi
         assert s.ip in svc["healthcheck"]["test"][1]
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testbed.lab import checks
+from testbed.lab import checks, plan
 from testbed.lab import layout as L
+from testbed.lab.subscribers import generate
 from testbed.lab.versions import read_versions
 
 COMPOSE_FILES = [L.COMPOSE_DIR / "docker-compose.yaml", L.COMPOSE_DIR / "docker-compose.tap.yaml"]
@@ -95,8 +96,10 @@ def test_least_privilege() -> None:
 
 def test_tap_streams_to_the_detector_nodeport_on_the_kind_network() -> None:
     over = _compose(COMPOSE_FILES[1])
-    assert over["networks"][L.KIND_NETWORK]["external"] is True
-    assert L.KIND_NETWORK in over["services"]["upf"]["networks"]
+    # the UPF (and so the tap, in its namespace) joins kind's network at run time (`docker network
+    # connect`, testbed/lab/plan.py), so the tap file never changes `upf` (tests/lab/test_plan.py)
+    steps = plan.up_plan(read_versions(), generate(1))
+    assert any(s.title.startswith(f"UPF joins Docker network {L.KIND_NETWORK}") for s in steps)
     svc = yaml.safe_load((L.K8S_DIR / "detector/40-service.yaml").read_text())
     node_port = svc["spec"]["ports"][0]["nodePort"]
     kind = yaml.safe_load(L.KIND_CONFIG.read_text())
@@ -237,3 +240,52 @@ def test_no_accidental_compose_interpolation() -> None:
     for path in COMPOSE_FILES:
         text = path.read_text().replace("$$", "")
         assert not re.search(r"\$", text), f"{path.name}: single $ would be interpolated by Compose"
+
+
+# ------------------------------------------------------------------ one definition, real paths, newest patch
+
+def test_each_namespace_is_defined_once() -> None:
+    """Two Namespace objects for `mec` undo each other's labels on every `kubectl apply` (client-side
+    apply drops labels that the last-applied configuration of the other file had)."""
+    seen: dict[str, str] = {}
+    for where, doc in k8s_documents():
+        if doc.get("kind") == "Namespace":
+            name = doc["metadata"]["name"]
+            assert name not in seen, f"Namespace {name} defined in {seen.get(name)} and {where}"
+            seen[name] = where
+    assert seen == {L.NAMESPACE: "k8s/detector/00-namespace.yaml#0"}
+
+
+def test_every_path_named_in_a_lab_file_exists() -> None:
+    """Comments and docs in compose/, k8s/ and docker/ name repository files: each must exist."""
+    import re
+
+    files = [*L.COMPOSE_DIR.rglob("*.yaml"), *L.K8S_DIR.rglob("*.yaml"), L.VERSIONS_ENV,
+             *L.DOCKER_DIR.glob("*"), *L.COMPOSE_DIR.rglob("*.sh")]
+    pattern = re.compile(r"\b((?:compose|k8s|docker|testbed|docs|upf_tap|detector)/[\w./-]+\.(?:ya?ml|py|sh|md|env|js|conf))\b")
+    for f in files:
+        for m in pattern.finditer(f.read_text()):
+            rel = m.group(1)
+            if f.parent.name == "compose" and rel.startswith("docker/") and not (L.REPO / rel).exists():
+                continue
+            assert (L.REPO / rel).exists() or (f.parent / rel).exists(), f"{f.relative_to(L.REPO)} names {rel}"
+
+
+@pytest.mark.parametrize(("key", "repo"), [
+    ("KNATIVE_SERVING_VERSION", "knative/serving"),
+    ("KNATIVE_KOURIER_VERSION", "knative-extensions/net-kourier"),
+    ("KNATIVE_EVENTING_VERSION", "knative/eventing"),
+])
+def test_knative_pins_are_the_newest_patch_of_their_minor(key: str, repo: str) -> None:
+    """The release tags of the real repositories: a pin behind the newest 1.22.x misses its fixes."""
+    import subprocess
+
+    from labfacts import require_upstream
+
+    pin = read_versions()[key]
+    d = require_upstream(repo, pin)
+    minor = pin.rsplit(".", 1)[0]
+    tags = subprocess.run(["git", "--git-dir", str(d), "tag", "-l", f"{minor}.*"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    newest = max(tags, key=lambda t: int(t.rsplit(".", 1)[1]))
+    assert pin == newest, f"{key}={pin}, but {repo} has released {newest}"
