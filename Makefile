@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m compileall -q upf_tap detector testbed >/dev/null  # as an install would (PYTHONDONTWRITEBYTECODE may be set)
+	$(PY) -m compileall -q upf_tap detector testbed mec_common >/dev/null  # as an install would (PYTHONDONTWRITEBYTECODE may be set)
 	touch $@
 
 setup: sysdeps $(VENV)/.installed
