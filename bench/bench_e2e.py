@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", default="10,100,1000", help="UE actions per second, comma-separated")
     ap.add_argument("--ues", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=10.0, help="warm phase length at each rate")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON (bench/run_all.py reads it)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("bench_e2e: needs root (the sim lab uses network namespaces)")
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         p99 = target["ue_to_function"]["p99"]
         print(f"\ntarget: warm UE send → function start p99 at 100/s = {p99:.1f} ms (target ≤ 50 ms: "
               f"{'met' if p99 <= 50 else 'NOT met'})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"ues": args.ues, "rates": [
+            {"rate": rate, "achieved": round(achieved, 1), "reached_function": meta["reached_function"],
+             "actions": meta["actions"], "warm": warm} for rate, achieved, meta, warm, _ in rows]}, indent=2) + "\n")
     return 0
 
 

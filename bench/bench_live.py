@@ -3,7 +3,7 @@
     python bench/bench_live.py [--packets 300000] [--rates 50000,100000,150000,200000,0]
                                [--workers 1,2] [--ring-mb 64] [--loop 1] [--peer dumpcap|none]
 
-Generates bench/out/n3-live-<packets>.pcap with bench/n3_workload.py (typical N3: bulk
+Generates bench/out/n3-live-<packets>.pcap with tests/support/n3_workload.py (typical N3: bulk
 TCP in GTP-U with a few thousand app events) unless it exists, makes a network
 namespace with a veth pair, and for 1 and 2 workers replays the capture into one end
 with tcpreplay at rising rates (`--pps R`; 0 means `--topspeed`) while `upf-tap live`
@@ -17,6 +17,7 @@ reference (its own "received/dropped" line). Needs root, tcpreplay (and dumpcap)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -33,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from bench.n3_workload import generate  # noqa: E402
+from tests.support.n3_workload import generate  # noqa: E402
 
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable
 
@@ -175,8 +176,8 @@ def capacity(ns: Netns, pcap: Path, packets: int) -> tuple[float, float, float]:
     """
     import ctypes
 
-    from upf_tap.live import bpf
-    from upf_tap.live.ring import Ring
+    from upf_tap.capture import bpf
+    from upf_tap.capture.ring import Ring
     from upf_tap.pipeline import Tap, TapConfig
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loop", type=int, default=1, help="replay the capture this many times per run")
     ap.add_argument("--peer", choices=("dumpcap", "none"), default="dumpcap",
                     help="also measure Wireshark's dumpcap at the same rates")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON (bench/run_all.py reads it)")
     args = ap.parse_args(argv)
     try:
         rates = [int(x) for x in args.rates.split(",")]
@@ -293,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     print("highest replay rate with zero kernel drops:")
     for label, runs in results.items():
         print(f"  {label:<20} {best(runs)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "packets": args.packets, "capacity_ring_pps": round(ring_only), "capacity_decode_pps": round(decode),
+            "zero_drop_pps": {label: max((r.sent_pps for r in runs if r.clean), default=0)
+                              for label, runs in results.items()}}, indent=2) + "\n")
     return 0
 
 

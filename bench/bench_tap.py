@@ -23,8 +23,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.n3_workload import generate  # noqa: E402
-from upf_tap.tshark_oracle import TSHARK, oracle_events, tap_keys  # noqa: E402
+from tests.support.n3_workload import generate  # noqa: E402
+from tests.support.oracle import TSHARK, oracle_events, tap_keys  # noqa: E402
 
 
 def run_measured(cmd: list[str], stdout_path: Path) -> tuple[float, int]:
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="runs of each tool, interleaved; best and median reported (default 3)")
     ap.add_argument("--format", choices=("pcap", "pcapng"), default="pcap",
                     help="capture format (pcapng: converted with editcap, as dumpcap would write it)")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON (bench/run_all.py reads it)")
     args = ap.parse_args(argv)
     if TSHARK is None:
         raise SystemExit("bench: tshark is not installed (make sysdeps)")
@@ -110,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio        : {tshark_best / tap_best:.1f}x tshark's packets/s (best vs best), "
           f"{tshark_med / tap_med:.1f}x (median vs median)")
     print(f"events equal : {same} (tap {sum(got.values())}, tshark {sum(expected.values())})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "packets": n, "rounds": args.rounds, "format": args.format, "app_events": sum(expected.values()),
+            "tap_pps_best": round(n / tap_best), "tap_pps_median": round(n / tap_med),
+            "tshark_pps_best": round(n / tshark_best), "tshark_pps_median": round(n / tshark_med),
+            "ratio_best": round(tshark_best / tap_best, 2), "ratio_median": round(tshark_med / tap_med, 2),
+            "events_equal": same}, indent=2) + "\n")
     if not same:
         print(f"  missing {dict(Counter(expected) - Counter(got))}\n  extra {dict(Counter(got) - Counter(expected))}")
         return 1

@@ -10,20 +10,21 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from detector.config import DEFAULT_LISTEN, Config, ConfigError, apply_file, finish, read_token_file
 from detector.outbox import OutboxError
 from detector.rules import load_rules
+from mec_common import cli
+from mec_common.cli import Command
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="detector", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve", help="ingest AppEvents, emit CloudEvents to the sink",
-                       description="Ingest AppEvents (NDJSON on POST /v1/events) and deliver CloudEvents to the "
-                                   "sink. Environment: K_SINK, K_CE_OVERRIDES, DETECTOR_TOKEN, DETECTOR_ID, "
-                                   "DETECTOR_STATE_DIR.")
+def add_serve_parser(subparsers: cli.SubParsers) -> argparse.ArgumentParser:
+    s: argparse.ArgumentParser = subparsers.add_parser(
+        "serve", help="ingest AppEvents, emit CloudEvents to the sink",
+        description="Ingest AppEvents (NDJSON on POST /v1/events) and deliver CloudEvents to the "
+                    "sink. Environment: K_SINK, K_CE_OVERRIDES, DETECTOR_TOKEN, DETECTOR_ID, "
+                    "DETECTOR_STATE_DIR.")
     s.add_argument("--listen", metavar="HOST:PORT", help=f"where to listen (default {DEFAULT_LISTEN})")
     s.add_argument("--sink", metavar="URL", help="where CloudEvents go (default: $K_SINK)")
     s.add_argument("--outbox", metavar="PATH",
@@ -40,10 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
                    help="event loop: uvloop when installed (auto, about a third less CPU per event) or asyncio")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    c = sub.add_parser("check-rules", help="validate a rules file and summarise it",
-                       description="Validate a rules YAML file; prints one line per rule, exit 1 on error.")
+    return s
+
+
+def add_check_rules_parser(subparsers: cli.SubParsers) -> argparse.ArgumentParser:
+    c: argparse.ArgumentParser = subparsers.add_parser(
+        "check-rules", help="validate a rules file and summarise it",
+        description="Validate a rules YAML file; prints one line per rule, exit 1 on error.")
     c.add_argument("file")
-    return p
+    return c
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -65,8 +71,8 @@ def _config(args: argparse.Namespace) -> Config:
     return finish(cfg, dict(os.environ))
 
 
-def _check_rules(path: str) -> int:
-    rs = load_rules(path)
+def run_check_rules(args: argparse.Namespace) -> int:
+    rs = load_rules(args.file)
     for r in rs.rules:
         what = "drop" if r.emit is None else f"emit {r.emit.type.text}"
         extra = []
@@ -93,21 +99,30 @@ def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None
     return uvloop.new_event_loop
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        if args.cmd == "check-rules":
-            return _check_rules(args.file)
-        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        cfg = _config(args)
-        rules = load_rules(cfg.rules)
-        from detector.server import serve
-        with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
-            runner.run(serve(cfg, rules))
-    except (ConfigError, OutboxError, OSError) as e:
-        print(f"detector: error: {e}", file=sys.stderr)
-        return 1 if args.cmd == "check-rules" else 2
+def run_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = _config(args)
+    rules = load_rules(cfg.rules)
+    from detector.server import serve
+    with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
+        runner.run(serve(cfg, rules))
     return 0
+
+
+COMMANDS = (
+    Command("serve", add_serve_parser, run_serve),
+    Command("check-rules", add_check_rules_parser, run_check_rules, error_exit=cli.EXIT_FAILURE),
+)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detector", description=(__doc__ or "").splitlines()[0])
+    return cli.add_commands(parser, COMMANDS, argv, dest="cmd", metavar=None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # every error a start or a rules file can meet is one line: "detector: error: ..."
+    return cli.main(build_parser(argv), argv, errors=(ConfigError, OutboxError, OSError))
 
 
 if __name__ == "__main__":

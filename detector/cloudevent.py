@@ -1,5 +1,9 @@
 """CloudEvents the detector emits (Contract 2), built with the cloudevents SDK 2.x.
 
+`EventBuilder` makes every CloudEvent the detector sends: a rule's emission for an AppEvent,
+the source lifecycle events (mec.source.created / mec.source.expired) and relayed CloudEvents;
+K_CE_OVERRIDES are applied here. `to_http` encodes one for the outbox (binary or structured).
+
 `id` is blake2b(AppEvent id, rule) so a redelivery or a replay carries the same id; `time` is
 the capture time; `source` follows the scheme in docs/detector.md:
 /mec/detector/<detector-id>/ue/<supi-or-ip> (or /mec/detector/<detector-id> without a UE).
@@ -8,14 +12,19 @@ the capture time; `source` follows the scheme in docs/detector.md:
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.http import to_binary_event, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 
-from detector.templates import to_text
+from detector.templates import render_tree, to_text
+
+if TYPE_CHECKING:
+    from detector.rules import Rule
+    from detector.sources import Source
 
 DATACONTENTTYPE = "application/json"
 
@@ -106,3 +115,70 @@ def build(*, id: str, source: str, type: str, time: datetime | None, subject: st
 def to_http(event: CloudEvent, structured: bool) -> tuple[dict[str, str], bytes]:
     msg = to_structured_event(event) if structured else to_binary_event(event)
     return msg.headers, msg.body
+
+
+def rfc3339(ts: float) -> str:
+    """Wall-clock seconds as an RFC 3339 UTC time with microseconds."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def ordering_key(ce: BaseCloudEvent) -> str:
+    """The UE a relayed CloudEvent belongs to (its delivery order key): supi, else ueip, else ""."""
+    attrs = ce.get_attributes()
+    return str(attrs.get("supi") or attrs.get("ueip") or "")
+
+
+class EventBuilder:
+    """Builds the detector's CloudEvents; `overrides` (K_CE_OVERRIDES) go on every one of them."""
+
+    def __init__(self, overrides: dict[str, Any] | None = None, *, ingest_time: bool = False) -> None:
+        self.overrides = dict(overrides or {})
+        self.ingest_time = ingest_time     # add `mecingesttime`: when the detector took the event
+
+    def for_rule(self, ev: dict[str, Any], rule: Rule, ctx: dict[str, Any], t: datetime, source: str) -> CloudEvent:
+        """What `rule` emits for the AppEvent `ev` (templates rendered against `ctx`)."""
+        em = rule.emit
+        assert em is not None
+        ctx["rule"] = rule.name
+        ext = standard_extensions(ev)
+        ext["rule"] = rule.name
+        for name, tpl in em.extensions.items():
+            v = tpl.render(ctx)
+            if v is not None and v != "":
+                ext[name] = ext_value(v)
+        if self.ingest_time:
+            ext["mecingesttime"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        ext.update(self.overrides)
+        ctype = em.type.render(ctx)
+        subject = em.subject.render(ctx)
+        return build(id=ce_id(ev["id"], rule.name), source=source,
+                     type=str(ctype) if ctype not in (None, "") else f"mec.upf.{ev['kind']}",
+                     time=t, subject=None if subject is None else str(subject),
+                     data=render_tree(em.data, ctx), extensions=ext)
+
+    def _lifecycle_ext(self, ue: dict[str, Any], rule: str) -> dict[str, Any]:
+        ext = standard_extensions({"ue": ue})
+        ext["rule"] = rule
+        ext.update(self.overrides)
+        return ext
+
+    def source_created(self, src: Source, event_id: str, t: datetime) -> CloudEvent:
+        """mec.source.created: the AppEvent `event_id` (captured at `t`) made `src`."""
+        data = {"source": src.source, "uekey": src.key, "ue": src.ue, "rule": src.rule,
+                "created": rfc3339(src.created), "event": event_id}
+        return build(id=ce_id(event_id, "source.created"), source=src.source, type="mec.source.created",
+                     time=t, subject=src.key, data=data, extensions=self._lifecycle_ext(src.ue, src.rule))
+
+    def source_expired(self, src: Source, reason: str, now: float) -> CloudEvent:
+        """mec.source.expired: `src` ended at `now` (reason: idle or session.down)."""
+        data = {"source": src.source, "uekey": src.key, "ue": src.ue, "created": rfc3339(src.created),
+                "last_seen": rfc3339(src.last_seen), "reason": reason}
+        return build(id=ce_id(f"{src.source}|{src.created!r}", "source.expired"), source=src.source,
+                     type="mec.source.expired", time=datetime.fromtimestamp(now, UTC), subject=src.key,
+                     data=data, extensions=self._lifecycle_ext(src.ue, src.rule))
+
+    def relay(self, ce: BaseCloudEvent) -> CloudEvent:
+        """A CloudEvent from another source, as it came plus the overrides."""
+        attrs = dict(ce.get_attributes())
+        attrs.update(self.overrides)
+        return CloudEvent(attrs, ce.get_data())

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from mec_common.net import parse_host_port
+
 DEFAULT_LISTEN = "0.0.0.0:8080"
 DEFAULT_STATE_DIR = "/var/lib/detector"
 EXT_NAME = re.compile(r"^[a-z0-9]{1,20}$")
@@ -150,10 +152,10 @@ def parse_overrides(text: str) -> dict[str, Any]:
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--listen {listen!r}: expected HOST:PORT")
-    return (host.strip("[]") or "0.0.0.0"), int(port)
+    try:
+        return parse_host_port(listen, default_host="0.0.0.0")
+    except ValueError:
+        raise ConfigError(f"--listen {listen!r}: expected HOST:PORT") from None
 
 
 def default_outbox(env: dict[str, str]) -> str:

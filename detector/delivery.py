@@ -3,9 +3,13 @@
 Each UE (ordering key) has a queue; a key is in exactly one place at a time: the ready queue,
 a worker, or a retry timer. So one UE has at most one POST in flight (its events reach the
 sink in ingest order, which is capture order) while up to `concurrency` UEs go in parallel.
-Retried: connection errors, timeouts, 404, 408, 409, 429 and 5xx, with exponential backoff
-and jitter, or after `Retry-After` when the sink sends one. Other answers below 200 or from 300
-up go to the dead-letter table with the status and body.
+Retried: connection errors, timeouts and the answers `mec_common.http.is_retryable` names
+(404, 408, 409, 429, 5xx: Knative's rule), with exponential backoff and jitter, or after
+`Retry-After` when the sink sends one. Other answers below 200 or from 300 up go to the
+dead-letter table with the status and body.
+
+`DeliveryClient` is the interface the detector is given (`Delivery` is the real one; tests may
+pass another): it reports each outcome through the `ack` and `dead` callbacks of `start`.
 """
 
 from __future__ import annotations
@@ -19,19 +23,19 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 import aiohttp
 
+from detector.config import Config
 from detector.metrics import Metrics
 from detector.outbox import Row
+from mec_common.http import is_retryable
+
+__all__ = ["Delivery", "DeliveryClient", "backoff_delay", "is_retryable", "retry_after_seconds"]
 
 log = logging.getLogger("detector.delivery")
-RETRYABLE = frozenset({404, 408, 409, 429})
 RESPONSE_CAP = 2048
-
-
-def is_retryable(status: int) -> bool:
-    return status in RETRYABLE or 500 <= status <= 599
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -63,18 +67,43 @@ class Item:
     attempts: int = 0
 
 
-AckFn = Callable[[int], None]
+AckFn = Callable[[int], None]   # ack(seq): the sink accepted row `seq` (delete it from the outbox)
+# dead(row, status, body, reason): the row goes to the dead-letter table (status None: no HTTP answer)
 DeadFn = Callable[[Row, "int | None", bytes, str], Awaitable[None]]
 
 
+async def _no_dead(row: Row, status: int | None, body: bytes, reason: str) -> None:
+    raise RuntimeError("Delivery.start was not called")
+
+
+class DeliveryClient(Protocol):
+    """What the detector needs from a delivery client."""
+
+    pending: int           # rows enqueued and not yet acked or dead-lettered
+    inflight: int          # POSTs in flight
+    attempted: bool        # any POST tried yet
+    sink_answered: bool    # the sink gave an HTTP answer at least once
+
+    async def start(self, ack: AckFn, dead: DeadFn) -> None:
+        """Start delivering; report each row's outcome through `ack` or `dead`."""
+
+    def enqueue(self, rows: list[Row], t0: float | None = None) -> None:
+        """Rows now durable in the outbox, in ingest order (`t0`: monotonic time they became pending)."""
+
+    async def stop(self, drain_timeout: float) -> None:
+        """Let work in flight finish (up to drain_timeout), start none; the rest stays pending."""
+
+
 class Delivery:
-    def __init__(self, sink: str, metrics: Metrics, ack: AckFn, dead: DeadFn, *, concurrency: int = 64,
-                 timeout: float = 10.0, backoff_base: float = 0.2, backoff_cap: float = 30.0,
-                 retry_after_cap: float = 300.0, max_attempts: int = 0) -> None:
+    """The real client: POSTs to the sink over a keep-alive aiohttp session."""
+
+    def __init__(self, sink: str, metrics: Metrics, *, concurrency: int = 64, timeout: float = 10.0,
+                 backoff_base: float = 0.2, backoff_cap: float = 30.0, retry_after_cap: float = 300.0,
+                 max_attempts: int = 0) -> None:
         self.sink = sink
         self.metrics = metrics
-        self._ack = ack
-        self._dead = dead
+        self._ack: AckFn = lambda seq: None
+        self._dead: DeadFn = _no_dead
         self.concurrency = concurrency
         self.timeout = timeout
         self.backoff_base = backoff_base
@@ -93,7 +122,14 @@ class Delivery:
         self.attempted = False       # any POST tried yet
         self.sink_answered = False   # the sink gave an HTTP answer at least once
 
-    async def start(self) -> None:
+    @classmethod
+    def from_config(cls, cfg: Config, metrics: Metrics) -> Delivery:
+        return cls(cfg.sink or "", metrics, concurrency=cfg.concurrency, timeout=cfg.request_timeout,
+                   backoff_base=cfg.backoff_base, backoff_cap=cfg.backoff_cap,
+                   retry_after_cap=cfg.retry_after_cap, max_attempts=cfg.max_attempts)
+
+    async def start(self, ack: AckFn, dead: DeadFn) -> None:
+        self._ack, self._dead = ack, dead
         conn = aiohttp.TCPConnector(limit=self.concurrency, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(
             connector=conn, timeout=aiohttp.ClientTimeout(total=self.timeout), auto_decompress=False)

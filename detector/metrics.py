@@ -1,14 +1,54 @@
-"""Prometheus text exposition, written by hand: a few counters, gauges and one histogram."""
+"""The detector's Prometheus metrics, exposed with prometheus_client.
+
+Counters are plain integer attributes (bumped on the hot path for about 50 ns, against 0.6 µs
+for a `prometheus_client.Counter.inc()`), gauges are functions read at scrape time, and the
+delivery latency is a fixed-bucket histogram. A custom collector turns them into metric
+families on each scrape and `prometheus_client` writes the exposition. Each `Metrics` has its
+own registry, so several detectors can live in one process (tests).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4   # what prometheus_client answers a scraper that asks for nothing else
 
 # Delivery latency buckets (seconds): from sub-millisecond local sinks to minutes of outage.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_NAME = "detector_delivery_latency_seconds"
+LATENCY_HELP = "time from durable ingest to the sink's 2xx"
+
+# (exposed name, help, Metrics attribute)
+COUNTERS = (
+    ("detector_ingest_requests_total", "ingest HTTP requests", "ingest_requests"),
+    ("detector_ingest_accepted_total", "events durably accepted", "ingest_accepted"),
+    ("detector_ingest_rejected_total", "NDJSON lines refused", "ingest_rejected"),
+    ("detector_ingest_duplicates_total", "AppEvents skipped as duplicates", "ingest_duplicates"),
+    ("detector_unauthorized_total", "requests refused for a missing or wrong token", "unauthorized"),
+    ("detector_cloudevents_emitted_total", "CloudEvents written to the outbox", "emitted"),
+    ("detector_events_dropped_total", "AppEvents dropped by rules", "dropped"),
+    ("detector_events_suppressed_total", "emissions held back by debounce or rate limit", "suppressed"),
+    ("detector_delivered_total", "CloudEvents the sink accepted", "delivered"),
+    ("detector_retries_total", "delivery attempts that will be retried", "retried"),
+    ("detector_dead_lettered_total", "CloudEvents moved to the dead-letter table", "dead_lettered"),
+    ("detector_sources_created_total", "UE sources created", "sources_created"),
+    ("detector_sources_expired_total", "UE sources expired", "sources_expired"),
+)
 
 
 class Histogram:
+    """Counts per bucket (not cumulative), the count and the sum; exposed by `Metrics`."""
+
     __slots__ = ("bounds", "count", "counts", "total")
 
     def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
@@ -25,19 +65,17 @@ class Histogram:
                 self.counts[i] += 1
                 break
 
-    def lines(self, name: str) -> list[str]:
-        out = []
+    def family(self, name: str, help_text: str) -> HistogramMetricFamily:
+        buckets: list[tuple[str, float]] = []
         acc = 0
         for b, c in zip(self.bounds, self.counts, strict=True):
             acc += c
-            out.append(f'{name}_bucket{{le="{b:g}"}} {acc}')
-        out.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        out.append(f"{name}_sum {self.total:.6f}")
-        out.append(f"{name}_count {self.count}")
-        return out
+            buckets.append((f"{b:g}", acc))
+        buckets.append(("+Inf", self.count))
+        return HistogramMetricFamily(name, help_text, buckets=buckets, sum_value=self.total)
 
 
-class Metrics:
+class Metrics(Collector):
     """Counters are plain attributes (cheap to bump on the hot path); gauges are read at scrape time."""
 
     def __init__(self) -> None:
@@ -56,32 +94,20 @@ class Metrics:
         self.sources_expired = 0
         self.latency = Histogram()
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
 
     def gauge(self, name: str, help_text: str, fn: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, fn)
 
-    def render(self) -> str:
-        counters = (
-            ("detector_ingest_requests_total", "ingest HTTP requests", self.ingest_requests),
-            ("detector_ingest_accepted_total", "events durably accepted", self.ingest_accepted),
-            ("detector_ingest_rejected_total", "NDJSON lines refused", self.ingest_rejected),
-            ("detector_ingest_duplicates_total", "AppEvents skipped as duplicates", self.ingest_duplicates),
-            ("detector_unauthorized_total", "requests refused for a missing or wrong token", self.unauthorized),
-            ("detector_cloudevents_emitted_total", "CloudEvents written to the outbox", self.emitted),
-            ("detector_events_dropped_total", "AppEvents dropped by rules", self.dropped),
-            ("detector_events_suppressed_total", "emissions held back by debounce or rate limit", self.suppressed),
-            ("detector_delivered_total", "CloudEvents the sink accepted", self.delivered),
-            ("detector_retries_total", "delivery attempts that will be retried", self.retried),
-            ("detector_dead_lettered_total", "CloudEvents moved to the dead-letter table", self.dead_lettered),
-            ("detector_sources_created_total", "UE sources created", self.sources_created),
-            ("detector_sources_expired_total", "UE sources expired", self.sources_expired),
-        )
-        out: list[str] = []
-        for name, help_text, value in counters:
-            out += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {value}"]
+    def collect(self) -> Iterator[Metric]:
+        """The prometheus_client collector protocol: every metric, as of now."""
+        for name, help_text, attr in COUNTERS:
+            yield CounterMetricFamily(name, help_text, value=getattr(self, attr))
         for name, (help_text, fn) in self.gauges.items():
-            out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {fn():g}"]
-        hname = "detector_delivery_latency_seconds"
-        out += [f"# HELP {hname} time from durable ingest to the sink's 2xx", f"# TYPE {hname} histogram"]
-        out += self.latency.lines(hname)
-        return "\n".join(out) + "\n"
+            yield GaugeMetricFamily(name, help_text, value=fn())
+        yield self.latency.family(LATENCY_NAME, LATENCY_HELP)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition (CONTENT_TYPE)."""
+        return generate_latest(self.registry)

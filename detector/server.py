@@ -1,7 +1,8 @@
 """Running the detector: the HTTP listener plus the core, with an orderly stop.
 
-Stop order (SIGTERM): refuse new ingest, let running ingest requests finish (their events are
-then durable), let POSTs in flight finish, keep everything else pending in the outbox.
+Stop order (SIGTERM), carried by aiohttp's runner: stop listening and refuse new ingest
+(on_shutdown), let running requests finish (their events are then durable), then stop the
+detector (cleanup_ctx): POSTs in flight finish, everything else stays pending in the outbox.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import sys
 
 from aiohttp import web
 
+from detector.api import make_app
 from detector.config import Config, parse_listen
-from detector.ingest import make_app
+from detector.delivery import Delivery, DeliveryClient
+from detector.metrics import Metrics
 from detector.rules import RuleSet
 from detector.service import Detector
 
@@ -24,38 +27,36 @@ SWITCH_INTERVAL = 0.0005  # seconds
 
 
 class Server:
-    def __init__(self, cfg: Config, rules: RuleSet) -> None:
+    """The detector behind its HTTP API. `delivery`: the client taking durable CloudEvents
+    (default: `Delivery` POSTing to `cfg.sink`, sharing the detector's metrics)."""
+
+    def __init__(self, cfg: Config, rules: RuleSet, delivery: DeliveryClient | None = None) -> None:
         self.cfg = cfg
-        self.det = Detector(cfg, rules)
+        metrics = Metrics()
+        self.det = Detector(cfg, rules, delivery or Delivery.from_config(cfg, metrics), metrics)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def start(self) -> int:
         """Open the outbox, start delivery, listen; returns the bound port."""
-        await self.det.start()
         host, port = parse_listen(self.cfg.listen)
-        self._runner = web.AppRunner(make_app(self.det), access_log=None, shutdown_timeout=self.cfg.drain_timeout)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        runner = web.AppRunner(make_app(self.det), access_log=None, shutdown_timeout=self.cfg.drain_timeout)
+        await runner.setup()          # runs the app's startup: the detector starts
         try:
-            await site.start()
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
         except OSError as e:
-            await self._runner.cleanup()
-            await self.det.stop()
+            await runner.cleanup()
             raise OSError(f"cannot listen on {self.cfg.listen}: {e.strerror}") from None
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self._runner = runner
+        self.port = runner.addresses[0][1]
         log.info("detector %s listening on %s:%d, sink %s, outbox %s", self.cfg.detector_id, host, self.port,
                  self.cfg.sink, self.cfg.outbox)
         return self.port
 
     async def stop(self) -> None:
-        self.det.draining = True
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()   # the app's shutdown and cleanup: the detector stops
             self._runner = None
-        await self.det.stop()
         log.info("detector stopped; %d CloudEvents left pending", self.det.delivery.pending)
 
 

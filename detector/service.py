@@ -1,5 +1,8 @@
 """The detector's core: AppEvents -> rules -> CloudEvents -> outbox -> delivery.
 
+The delivery client is given to the detector (as Knative adapters take their client): the real
+one is `detector.delivery.Delivery`; anything with the `DeliveryClient` interface will do.
+
 Everything runs on one asyncio loop; SQLite runs on one extra thread. Writes are group
 committed: concurrent ingest requests share one transaction, and each request is answered
 only after the transaction holding its events is durable.
@@ -12,35 +15,25 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.v1.event import CloudEvent
 
-from detector.cloudevent import (
-    build,
-    ce_id,
-    ext_value,
-    standard_extensions,
-    to_http,
-    ue_key,
-)
+from detector.cloudevent import EventBuilder, ordering_key, to_http, ue_key
 from detector.config import Config
-from detector.delivery import Delivery
+from detector.delivery import DeliveryClient
 from detector.metrics import Metrics
 from detector.outbox import Outbox, Row
-from detector.rules import Rule, RuleSet
+from detector.rules import RuleSet
 from detector.schema import check_app_event, parse_time
 from detector.sources import Source, SourceTracker
-from detector.templates import render_tree
 
 log = logging.getLogger("detector")
 CHECKPOINT_INTERVAL = 0.5  # seconds between WAL checkpoints
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+T = TypeVar("T")
 
 
 class Batch:
@@ -57,16 +50,17 @@ class Batch:
 
 
 class Detector:
-    def __init__(self, cfg: Config, rules: RuleSet) -> None:
+    """The core. `delivery` takes the CloudEvents once durable (started and stopped by `start`
+    and `stop`); `metrics` is shared with it."""
+
+    def __init__(self, cfg: Config, rules: RuleSet, delivery: DeliveryClient, metrics: Metrics) -> None:
         self.cfg = cfg
         self.rules = rules
-        self.metrics = Metrics()
+        self.metrics = metrics
+        self.events = EventBuilder(cfg.overrides, ingest_time=cfg.ingest_time)
         self.sources = SourceTracker(cfg.detector_id, rules.idle_timeout)
         self.outbox: Outbox | None = None
-        self.delivery = Delivery(
-            cfg.sink or "", self.metrics, self._on_ack, self._on_dead, concurrency=cfg.concurrency,
-            timeout=cfg.request_timeout, backoff_base=cfg.backoff_base, backoff_cap=cfg.backoff_cap,
-            retry_after_cap=cfg.retry_after_cap, max_attempts=cfg.max_attempts)
+        self.delivery = delivery
         self.draining = False
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._ckpt_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-checkpoint")
@@ -86,16 +80,17 @@ class Detector:
         m.gauge("detector_ready", "1 when ready", lambda: int(self.ready()))
 
     # ---- life cycle ----
-    async def db(self, fn: Any, *args: Any) -> Any:
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on the database thread."""
         return await asyncio.get_running_loop().run_in_executor(self._exec, fn, *args)
 
     async def start(self) -> None:
         assert self.cfg.outbox
-        self.outbox = await self.db(Outbox, self.cfg.outbox, self.cfg.durability)
-        self._seq = await self.db(self.outbox.max_seq)
-        pending = await self.db(self.outbox.pending)
-        self.sources.load(await self.db(self.outbox.sources))
-        await self.delivery.start()
+        self.outbox = outbox = await self.db(Outbox, self.cfg.outbox, self.cfg.durability)
+        self._seq = await self.db(outbox.max_seq)
+        pending = await self.db(outbox.pending)
+        self.sources.load(await self.db(outbox.sources))
+        await self.delivery.start(self._on_ack, self._on_dead)
         self.delivery.enqueue(pending)
         if pending:
             log.info("resuming %d pending CloudEvents from %s", len(pending), self.cfg.outbox)
@@ -138,7 +133,11 @@ class Detector:
     async def _flush_acks(self) -> None:
         if self._acks and self.outbox is not None:
             seqs, self._acks = self._acks, []
-            await self.db(self.outbox.ack, seqs)
+            try:
+                await self.db(self.outbox.ack, seqs)
+            except asyncio.CancelledError:   # `stop` cancelled the acker: its final flush takes them
+                self._acks[:0] = seqs
+                raise
 
     async def _acker(self) -> None:
         while True:
@@ -248,43 +247,10 @@ class Detector:
         b.rows.append(Row(self._next_seq(), ce.get_id(), key, headers, body,
                           json.dumps(headers, separators=(",", ":"))))
 
-    def _lifecycle_ext(self, ue: dict[str, Any], rule: str) -> dict[str, Any]:
-        ext = standard_extensions({"ue": ue})
-        ext["rule"] = rule
-        ext.update(self.cfg.overrides)
-        return ext
-
     def _expire(self, s: Source, reason: str, now: float, b: Batch) -> None:
-        data = {"source": s.source, "uekey": s.key, "ue": s.ue, "created": _rfc3339(s.created),
-                "last_seen": _rfc3339(s.last_seen), "reason": reason}
-        ce = build(id=ce_id(f"{s.source}|{s.created!r}", "source.expired"), source=s.source,
-                   type="mec.source.expired", time=datetime.fromtimestamp(now, UTC), subject=s.key,
-                   data=data, extensions=self._lifecycle_ext(s.ue, s.rule))
-        self._add(b, s.key, ce)
+        self._add(b, s.key, self.events.source_expired(s, reason, now))
         b.deletes.append(s.key)
         self.metrics.sources_expired += 1
-
-    def _emit(self, b: Batch, ev: dict[str, Any], rule: Rule, ctx: dict[str, Any], key: str,
-              t: datetime, uri: str) -> None:
-        em = rule.emit
-        assert em is not None
-        ctx["rule"] = rule.name
-        ext = standard_extensions(ev)
-        ext["rule"] = rule.name
-        for name, tpl in em.extensions.items():
-            v = tpl.render(ctx)
-            if v is not None and v != "":
-                ext[name] = ext_value(v)
-        if self.cfg.ingest_time:
-            ext["mecingesttime"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        ext.update(self.cfg.overrides)
-        ctype = em.type.render(ctx)
-        subject = em.subject.render(ctx)
-        ce = build(id=ce_id(ev["id"], rule.name), source=uri,
-                   type=str(ctype) if ctype not in (None, "") else f"mec.upf.{ev['kind']}",
-                   time=t, subject=None if subject is None else str(subject),
-                   data=render_tree(em.data, ctx), extensions=ext)
-        self._add(b, key, ce)
 
     def process(self, ev: dict[str, Any], b: Batch, now: float) -> bool:
         """Turn one valid AppEvent into rows of `b`; False if it was a duplicate."""
@@ -306,11 +272,7 @@ class Detector:
             if first is not None:
                 src = self.sources.create(key, ev.get("ue") or {}, first, now)
                 assert src is not None
-                data = {"source": src.source, "uekey": key, "ue": src.ue, "rule": first,
-                        "created": _rfc3339(now), "event": ev["id"]}
-                ce = build(id=ce_id(ev["id"], "source.created"), source=uri, type="mec.source.created",
-                           time=t, subject=key, data=data, extensions=self._lifecycle_ext(src.ue, first))
-                self._add(b, key, ce)
+                self._add(b, key, self.events.source_created(src, ev["id"], t))
                 b.upserts.append(src.as_dict())
                 b.created.append(key)
                 self.metrics.sources_created += 1
@@ -321,7 +283,7 @@ class Detector:
         else:
             ctx = {**ev, "detector": self.cfg.detector_id, "source": uri, "uekey": key}
             for rule in out.emissions:
-                self._emit(b, ev, rule, ctx, key, t, uri)
+                self._add(b, key, self.events.for_rule(ev, rule, ctx, t, uri))
         if src is not None and ev["kind"] == "session.down":
             self.sources.remove(key)
             self._expire(src, "session.down", now, b)
@@ -369,13 +331,12 @@ class Detector:
             self.sources.remove(k)
         del b.rows[marks[0]:], b.upserts[marks[1]:], b.deletes[marks[2]:], b.seen[marks[3]:], b.created[marks[4]:]
 
-    def process_cloudevent(self, ce: CloudEvent, b: Batch) -> bool:
+    def process_cloudevent(self, ce: BaseCloudEvent, b: Batch) -> bool:
         """A CloudEvent from another source: relayed as is (plus K_CE_OVERRIDES) through the outbox."""
-        attrs = dict(ce.get_attributes())
+        attrs = ce.get_attributes()
         if not self._remember(f"ce|{attrs['source']}|{attrs['id']}", b):
             self.metrics.ingest_duplicates += 1
             return False
-        attrs.update(self.cfg.overrides)
-        key = str(attrs.get("supi") or attrs.get("ueip") or "")
-        self._add(b, key, CloudEvent(attrs, ce.get_data()))
+        relayed = self.events.relay(ce)
+        self._add(b, ordering_key(relayed), relayed)
         return True

@@ -10,52 +10,48 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from mec_common import cli
+from mec_common.cli import Command
 from testbed import __version__
 
-# (module, adder, runner): each part of the testbed registers its own subcommand.
-PARTS: tuple[tuple[str, str, str], ...] = (
-    ("testbed.demo", "add_demo_parser", "run_demo"),
-    ("testbed.sim.cli", "add_sim_parser", "run_sim"),
-    ("testbed.broker.cli", "add_broker_parser", "run_broker"),
-    ("testbed.scenario", "add_scenario_parser", "run_scenario"),
-    ("testbed.lab.cli", "add_lab_parser", "run_lab"),
+# (name, module, adder, runner): each part of the testbed registers its own subcommand.
+PARTS: tuple[tuple[str, str, str, str], ...] = (
+    ("demo", "testbed.demo", "add_demo_parser", "run_demo"),
+    ("sim", "testbed.sim.cli", "add_sim_parser", "run_sim"),
+    ("broker", "testbed.broker.cli", "add_broker_parser", "run_broker"),
+    ("scenario", "testbed.scenario", "add_scenario_parser", "run_scenario"),
+    ("lab", "testbed.lab.cli", "add_lab_parser", "run_lab"),
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="testbed",
-        description="MEC serverless testbed: 5G user actions, seen at the UPF, fire Knative functions.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    import importlib
-
-    for module, adder, runner in PARTS:
+def commands() -> list[Command]:
+    """The parts in this build (an image may ship only some of them)."""
+    out: list[Command] = []
+    for name, module, adder, runner in PARTS:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
             if e.name and module.startswith(e.name):
                 continue  # that part is not in this build
             raise
-        before = set(sub.choices)
-        getattr(mod, adder)(sub)
-        run: Callable[[argparse.Namespace], int] = getattr(mod, runner)
-        for name in set(sub.choices) - before:
-            sub.choices[name].set_defaults(func=run)
-    return parser
+        out.append(Command(name, getattr(mod, adder), getattr(mod, runner)))
+    return out
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="testbed",
+        description="MEC serverless testbed: 5G user actions, seen at the UPF, fire Knative functions.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return cli.add_commands(parser, commands(), argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("testbed: interrupted", file=sys.stderr)
-        return 130
+    return cli.main(build_parser(argv), argv, interrupt=True)
 
 
 if __name__ == "__main__":

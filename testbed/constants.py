@@ -1,10 +1,12 @@
-"""Lab identity and addressing: the one place where sim, lab, tap and tests get them.
+"""Lab identity and addressing: the one place where sim, lab and tests get them.
 
 Values follow DESIGN.md ("Identity and lab constants"): the Open5GS and UERANSIM
 sample subscriber keys, PLMN 999/70, TAC 1, S-NSSAI sst 1, DNN "internet".
 """
 
 from __future__ import annotations
+
+from upf_tap import constants as _tap
 
 MCC = "999"
 MNC = "70"
@@ -14,10 +16,12 @@ SST = 1
 SD = "000001"  # only where a second slice is shown
 DNN = "internet"
 
-UE_POOL_V4 = "10.45.0.0/16"
+# the UE pools are the tap's defaults, defined in the product (upf_tap.constants): the lab
+# imports the product, never the reverse
+UE_POOL_V4 = _tap.UE_POOL_V4
 UE_GATEWAY_V4 = "10.45.0.1"
-UE_POOL_V6 = "2001:db8:cafe::/48"
-UE_POOLS = (UE_POOL_V4, UE_POOL_V6)
+UE_POOL_V6 = _tap.UE_POOL_V6
+UE_POOLS = _tap.DEFAULT_UE_POOLS
 
 SUBSCRIBER_K = "465B5CE8B199B49FAA5F0A2EE238A6BC"
 SUBSCRIBER_OPC = "E8ED289DEBA952E4283B54E88E6183CA"

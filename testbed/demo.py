@@ -143,7 +143,7 @@ def build_traces(actions: list[dict[str, Any]], events: list[dict[str, Any]],
     inv_by_id: dict[str, dict[str, Any]] = {}
     for inv in sorted(invocations, key=lambda i: i["start"]):
         # the first run of the event, preferring the function it is meant for over the audit logger
-        seen = inv_by_id.get(inv.get("id"))
+        seen = inv_by_id.get(str(inv.get("id")))
         if seen is None or (seen.get("service") == "fn-logger" and inv.get("service") != "fn-logger"):
             inv_by_id[inv["id"]] = inv
     first_start = {i["service"]: i["start"] for i in invocations if i.get("first")}
@@ -151,16 +151,18 @@ def build_traces(actions: list[dict[str, Any]], events: list[dict[str, Any]],
     for a in actions:
         phase, _, key = str(a.get("tag", "")).partition(":")
         tr = Trace(a["ue"], a["kind"], phase, key, round=phase, t_send=a.get("t_send"))
-        ev = by_key.get(key)
-        if ev is not None:
+        found = by_key.get(key)
+        if found is not None:
+            ev = found
             attrs = ev["attributes"]
             tr.event_type, tr.event_id = attrs.get("type", ""), attrs.get("id", "")
             tr.t_capture = _epoch(attrs.get("time")) if phase != "replay" else None
             tr.t_detector = _epoch(attrs.get("mecingesttime"))
             tr.t_broker = _epoch(attrs.get("knativearrivaltime"))
             tr.extras = {k: attrs[k] for k in ("supi", "ueip", "teid", "qfi", "dnn") if k in attrs}
-            inv = inv_by_id.get(tr.event_id)
-            if inv is not None:
+            hit = inv_by_id.get(tr.event_id)
+            if hit is not None:
+                inv = hit
                 tr.function, tr.t_fn_start, tr.t_fn_end = inv["service"], inv["start"], inv["end"]
                 # cold: the function process was started for this event, or the event waited in
                 # the activator while it started (accepted before the first request began)
@@ -402,7 +404,7 @@ def run_demo(args: argparse.Namespace) -> int:
             "reached_function": ok, "cloudevents_accepted": len(events), "function_invocations": len(invocations),
             "summary_line": f"{mode} mode: {ok}/{len(traces)} UE actions ran a serverless function; "
                             f"{len(events)} CloudEvents accepted by the broker, {len(invocations)} invocations",
-            "supis": sorted({t.extras.get('supi') for t in traces if t.extras.get('supi')} | set())}
+            "supis": sorted({str(t.extras["supi"]) for t in traces if t.extras.get("supi")})}
     print_report(traces, summary)
     plot = "latency.png" if write_plot(summary, out / "latency.png") else None
     write_html(traces, summary, meta, out / "report.html", plot)

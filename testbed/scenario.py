@@ -152,16 +152,16 @@ def load_scenario(path: Path) -> Scenario:
     if not isinstance(expect, dict):
         raise ScenarioError(f"{where}: expect must be a mapping")
     events = []
-    for i, e in enumerate(expect.get("cloudevents") or []):
+    for i, exp in enumerate(expect.get("cloudevents") or []):
         at = f"{where}: expect.cloudevents[{i}]"
-        if not isinstance(e, dict) or "type" not in e:
+        if not isinstance(exp, dict) or "type" not in exp:
             raise ScenarioError(f"{at}: needs at least a type")
-        extra = set(e) - EXPECT_EVENT_KEYS
+        extra = set(exp) - EXPECT_EVENT_KEYS
         if extra:
             raise ScenarioError(f"{at}: unknown key(s) {sorted(extra)}")
-        events.append(ExpectedEvent(str(e["type"]), e.get("subject"), e.get("source"),
-                                    {k: str(v) for k, v in (e.get("extensions") or {}).items()},
-                                    dict(e.get("data") or {}), int(e.get("count", 1))))
+        events.append(ExpectedEvent(str(exp["type"]), exp.get("subject"), exp.get("source"),
+                                    {k: str(v) for k, v in (exp.get("extensions") or {}).items()},
+                                    dict(exp.get("data") or {}), int(exp.get("count", 1))))
     functions = {}
     for i, f in enumerate(expect.get("functions") or []):
         if not isinstance(f, dict) or "service" not in f:

@@ -30,7 +30,7 @@ def _resolve(host: str) -> str:
         socket.inet_pton(socket.AF_INET, host)
         return host
     except OSError:
-        return socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+        return str(socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
 
 
 def do_http(spec: dict[str, Any]) -> tuple[float, dict[str, Any]]:

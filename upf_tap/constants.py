@@ -1,4 +1,8 @@
-"""Protocol numbers, well-known ports and tap defaults (one place for all of them)."""
+"""Protocol numbers, 3GPP ports and tap defaults (one place for all of them).
+
+The product owns these; the lab's constants take the UE pools from here, never
+the reverse.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +20,13 @@ IPPROTO_IPV6 = 41
 IPPROTO_ICMPV6 = 58
 IPPROTO_SCTP = 132
 
-# application ports used to pick a dissector (content sniffing covers the rest)
-DNS_PORT = 53
-HTTP_PORTS = frozenset({80, 8000, 8008, 8080, 8081, 8888})
-TLS_PORTS = frozenset({443, 8443, 853, 993, 995, 465, 5061, 8883})
-QUIC_PORTS = frozenset({443, 8443, 4433})
-MQTT_PORTS = frozenset({1883})
-COAP_PORTS = frozenset({5683})
+# TCP flags
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_ACK = 0x10
+
+# Application ports are declared by each dissector (TCP_PORTS / UDP_PORTS in upf_tap/dissect/*.py).
 
 # GTP-U message types (TS 29.281 §6.1)
 GTPU_ECHO_REQUEST = 1
@@ -43,3 +47,8 @@ DEFAULT_MAX_FRAGMENT_SETS = 4096      # IP reassembly buffers kept at once
 FRAGMENT_TIMEOUT = 30.0               # seconds (RFC 791 suggests up to 15 s to 2 min)
 LRU_TOUCH_NS = 1_000_000_000         # a flow's place in the LRU order is kept to this precision
 MAX_OOO_SEGMENTS = 64                 # out-of-order segments held per TCP direction
+# UE address pools telling the UE end of a flow when the tunnel does not (--ue-pool replaces
+# them); the lab's SMF hands out addresses from the same pools
+UE_POOL_V4 = "10.45.0.0/16"
+UE_POOL_V6 = "2001:db8:cafe::/48"
+DEFAULT_UE_POOLS = (UE_POOL_V4, UE_POOL_V6)

@@ -9,7 +9,22 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from upf_tap.decode.ip import ip_str
+
+if TYPE_CHECKING:  # types only: making a Protocol class costs start-up time
+    from typing import Protocol
+
+    from upf_tap.decode.gtpu import GtpuContext
+
+    class Identities(Protocol):
+        """Who a UE is, as the control plane (PFCP/NGAP or an identity file) knows it."""
+
+        def ue_for_teid(self, teid: int, tunnel_dst: str | None = None,
+                        ue_ip: str | None = None) -> dict[str, Any] | None: ...
+
+        def ue_for_ip(self, ip: str) -> dict[str, Any] | None: ...
 
 try:  # what hashlib.blake2b is, without hashlib loading OpenSSL at start (~3 ms)
     from _blake2 import blake2b
@@ -43,6 +58,31 @@ def stable_id(event: AppEvent, ts_ns: int, seq: int = 0) -> str:
     h.update(f"{ts_ns}|{seq}|".encode())
     h.update(body.encode())
     return h.hexdigest()
+
+
+def identify(ue_ip: str, tun: GtpuContext | None,
+             control: Identities | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The ``ue`` and ``tunnel`` fields of a user-plane event: the UE's address, the tunnel's
+    TEID and QFI, and what the control plane knows of the subscriber (by TEID, else by address)."""
+    ue: dict[str, Any] = {"ip": ue_ip}
+    tunnel: dict[str, Any] | None = None
+    known = None
+    if tun is not None:
+        osrc, odst, teid, qfi, _pdu = tun
+        ue["teid"] = teid
+        tunnel = {"src": ip_str(osrc), "dst": ip_str(odst), "teid": teid}
+        if qfi >= 0:
+            ue["qfi"] = qfi
+            tunnel["qfi"] = qfi
+        if control is not None:
+            known = control.ue_for_teid(teid, tunnel["dst"], ue_ip=ue_ip)
+    if known is None and control is not None:
+        known = control.ue_for_ip(ue_ip)
+    if known:
+        for k, v in known.items():
+            if v is not None and k not in ue:
+                ue[k] = v
+    return ue, tunnel
 
 
 def make_event(

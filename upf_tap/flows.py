@@ -1,16 +1,21 @@
-"""The bidirectional flow table: UE + 5-tuple, idle/hard timeouts, LRU cap.
+"""The bidirectional flow table: UE + 5-tuple, idle/hard timeouts, LRU cap; which end is the UE.
 
 Each flow is reachable from both directional keys (source then destination address and
 port bytes, exactly as they stand in the packet), so the per-packet lookup is one dict
 access with no normalisation. Keys live in one dict per transport protocol.
+
+Besides this module, only ``upf_tap.walk`` (the fast path) reads the table's insides: it
+inlines :meth:`FlowTable.touch` and looks keys up in ``by_proto[TCP]`` and ``skip``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from upf_tap.constants import LRU_TOUCH_NS
+from upf_tap.decode.gtpu import PDU_TYPE_DL, PDU_TYPE_UL
 from upf_tap.tcp_stream import StreamDirection
 
 
@@ -79,6 +84,25 @@ class FlowTable:
             t = self.by_proto[proto] = {}
         return t
 
+    def open(self, table: dict[bytes, tuple[Flow, int]], key0: bytes, key1: bytes, proto: str,
+             addrs: tuple[str, str, int, int], ue_is_src0: bool, ts_ns: int) -> Flow:
+        """A new flow under both its keys (the least recently used one evicted if the table is full)."""
+        flow = Flow(table, key0, key1, proto, addrs, ue_is_src0, ts_ns)
+        self.add(flow, ts_ns)
+        return flow
+
+    def touch(self, flow: Flow, ts_ns: int) -> None:
+        """A packet of ``flow`` at ``ts_ns``: its last time, and its place in the LRU order
+        (moved to the recent end at most once per LRU_TOUCH_NS). ``upf_tap.walk`` inlines this."""
+        if ts_ns > flow.touch_at:
+            self.lru.move_to_end(flow.key0)
+            flow.touch_at = ts_ns + LRU_TOUCH_NS
+        flow.last_ns = ts_ns
+
+    def skip_direction(self, flow: Flow, idx: int) -> None:
+        """TCP direction ``idx`` of ``flow`` has nothing left to inspect: the fast path skips its segments."""
+        self.skip[flow.key1 if idx else flow.key0] = (flow, idx)
+
     def add(self, flow: Flow, ts_ns: int) -> None:
         lru = self.lru
         if len(lru) >= self.max_flows:
@@ -125,3 +149,33 @@ class FlowTable:
 
     def __len__(self) -> int:
         return len(self.lru)
+
+
+class UeSide:
+    """Which end of a new flow is the UE.
+
+    The tunnel says so when its PDU Session Container carries the PDU type (UL: the sender);
+    else the end inside a UE address pool; else the client (UEs open connections far more
+    often than they accept them); else the sender.
+    """
+
+    __slots__ = ("pools",)
+
+    def __init__(self, pools: Iterable[str]) -> None:
+        self.pools = [ipaddress.ip_network(p, strict=False) for p in pools]
+
+    def is_src(self, src: bytes, dst: bytes, pdu_type: int, client_is_src: bool | None) -> bool:
+        """True when the sender (``src``, raw address) is the UE; ``pdu_type`` -1 when unknown."""
+        if pdu_type == PDU_TYPE_UL:
+            return True
+        if pdu_type == PDU_TYPE_DL:
+            return False
+        s = ipaddress.ip_address(src)
+        d = ipaddress.ip_address(dst)
+        s_in = any(s in p for p in self.pools)
+        d_in = any(d in p for p in self.pools)
+        if s_in != d_in:
+            return s_in
+        if client_is_src is not None:
+            return client_is_src
+        return True

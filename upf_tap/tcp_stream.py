@@ -1,4 +1,4 @@
-"""Per-direction TCP reassembly up to a depth, feeding a stream dissector.
+"""TCP state: per-direction reassembly up to a depth, feeding a stream dissector, and closing.
 
 Only the first ``depth`` bytes of each direction are kept (like Suricata's stream depth):
 application events live in the first request bytes, and bulk transfers then cost one
@@ -9,11 +9,9 @@ and overlapping bytes are first-come (the copy already in the buffer wins).
 from __future__ import annotations
 
 from collections import Counter
-from types import ModuleType
-from typing import Any
 
-from upf_tap.constants import MAX_OOO_SEGMENTS
-from upf_tap.dissect import Malformed
+from upf_tap.constants import MAX_OOO_SEGMENTS, TCP_RST, TCP_SYN
+from upf_tap.dissect import Dissector, Found, Malformed, stream_dissector
 
 SEQ_MOD = 0xFFFFFFFF
 HALF_SEQ = 0x80000000
@@ -29,7 +27,7 @@ class StreamDirection:
         self.buf = bytearray()
         self.ooo: dict[int, bytes] = {}
         self.pos = 0                   # where the dissector resumes
-        self.dissector: ModuleType | None = None
+        self.dissector: Dissector | None = None
         self.name = ""
         self.done = False
 
@@ -37,6 +35,27 @@ class StreamDirection:
         self.done = True
         self.buf = bytearray()
         self.ooo = {}
+
+    def segment(self, flags: int, seq: int, data: bytes, start: int, end: int, dport: int, depth: int,
+                stats: Counter[str]) -> Found:
+        """One segment of this direction, not done yet, payload ``data[start:end]``: a SYN sets
+        the ISN; new in-order bytes go to the dissector (chosen at the first, by ``dport`` or
+        content). Returns the events found."""
+        if flags & TCP_SYN:
+            self.isn = (seq + 1) & 0xFFFFFFFF
+        elif start < end:
+            if self.isn < 0:
+                self.isn = seq
+            if self.add_segment(seq, data[start:end], depth, stats):
+                if not self.name:
+                    d = self.dissector = stream_dissector(dport, bytes(self.buf[:16]))
+                    if d is None:
+                        self.finish()
+                    else:
+                        self.name = d.name
+                if not self.done:
+                    return self.run(depth, stats)
+        return []
 
     def add_segment(
         self, seq: int, payload: bytes, depth: int, stats: Counter[str]
@@ -91,14 +110,14 @@ class StreamDirection:
                     progressed = True
                     break
 
-    def run(self, depth: int, stats: Counter[str]) -> list[tuple[str, dict[str, Any]]]:
+    def run(self, depth: int, stats: Counter[str]) -> Found:
         """Let the dissector read what is new; finish the direction when nothing more can come."""
-        mod = self.dissector
-        if mod is None:
+        d = self.dissector
+        if d is None or d.stream is None:
             self.finish()
             return []
         try:
-            found, pos, done = mod.dissect_stream(bytes(self.buf), self.pos)
+            found, pos, done = d.stream(bytes(self.buf), self.pos)
         except Malformed:
             stats[f"{self.name}.malformed"] += 1
             self.finish()
@@ -109,3 +128,11 @@ class StreamDirection:
                 stats["tcp.depth_reached"] += 1
             self.finish()
         return found
+
+
+def closes(state: list[object], idx: int, flags: int) -> bool:
+    """A FIN or RST on direction ``idx``; ``state`` is the flow's per-direction state, where
+    True marks a direction closed. True when the flow is over: a reset, or both sides closed
+    (until then the stream stays open for late segments)."""
+    state[idx] = True
+    return bool(flags & TCP_RST) or state[1 - idx] is True

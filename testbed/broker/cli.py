@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from mec_common.net import parse_host_port
 from testbed.broker.ingress import build_app, check_runnable
 from testbed.broker.manifests import ManifestError, Manifests, load_manifests
 
@@ -25,10 +26,10 @@ DEFAULT_MANIFESTS = "k8s/knative"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_host_port(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive(text: str) -> float:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from mec_common.http import is_retryable
 from testbed.broker.events import Event, EventError, parse_http, to_binary, to_structured
 from testbed.broker.manifests import DeliverySpec
 
@@ -36,7 +37,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 def retryable(status: int) -> bool:
-    return status == NO_RESPONSE or status >= 500 or status in (404, 408, 409, 429)
+    return status == NO_RESPONSE or is_retryable(status)
 
 
 def backoff(spec: DeliverySpec | None, retry_index: int) -> float:

@@ -72,8 +72,8 @@ def check_runnable(manifests: Manifests) -> None:
 def build_app(manifests: Manifests, base_url: str, state_dir: Path, *,
               idle_override: float | None = None, grace: float | None = None) -> web.Application:
     """The whole local broker as one aiohttp application listening at `base_url`."""
-    runner = FunctionRunner(manifests.services, state_dir, idle_override=idle_override,
-                            **({"grace": grace} if grace is not None else {}))
+    runner = (FunctionRunner(manifests.services, state_dir, idle_override=idle_override) if grace is None
+              else FunctionRunner(manifests.services, state_dir, idle_override=idle_override, grace=grace))
     broker = LocalBroker(manifests, _resolver(base_url.rstrip("/"), runner),
                          lambda ns, name: f"{base_url.rstrip('/')}/{ns}/{name}")
     app = web.Application(client_max_size=MAX_EVENT_BYTES)

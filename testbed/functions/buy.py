@@ -39,7 +39,7 @@ def _item(data: Any) -> str | None:
 def handle(event: dict[str, Any]) -> dict[str, Any]:
     attrs = event["attributes"]
     data = event.get("data")
-    ue = data.get("ue") if isinstance(data, dict) and isinstance(data.get("ue"), dict) else {}
+    ue: dict[str, Any] = data["ue"] if isinstance(data, dict) and isinstance(data.get("ue"), dict) else {}
     supi = attrs.get("supi") or attrs.get("subject") or ue.get("supi")
     order_id = hashlib.sha256(f"{attrs['source']}\n{attrs['id']}".encode()).hexdigest()[:16]
     order = {

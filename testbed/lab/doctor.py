@@ -236,7 +236,7 @@ def check_ip_forward(h: Host) -> Check:
 
 def mongo_needs_avx(image: str = L.MONGO_IMAGE) -> bool:
     m = re.search(r":(\d+)\.", image)
-    return bool(m) and int(m.group(1)) >= 5
+    return m is not None and int(m.group(1)) >= 5
 
 
 def check_avx(h: Host, image: str = L.MONGO_IMAGE) -> Check:

@@ -128,12 +128,12 @@ class Gnb:
             ctx = self.attach(int(req["ue"]), str(req["netns"]), str(req["tun"]))
             return {"dl_teid": ctx.dl_teid}
         if op == "session":
-            ctx = self.ues.get(int(req["ue"]))
-            if ctx is None:
+            known = self.ues.get(int(req["ue"]))
+            if known is None:
                 raise ValueError(f"UE {req['ue']} not attached")
-            ctx.ul_teid, ctx.upf_ip = int(req["ul_teid"]), str(req["upf_ip"])
-            ctx.qfi = int(req.get("qfi", ctx.qfi))
-            log.info("UE %d session: UL TEID 0x%x to %s, QFI %d", ctx.ue, ctx.ul_teid, ctx.upf_ip, ctx.qfi)
+            known.ul_teid, known.upf_ip = int(req["ul_teid"]), str(req["upf_ip"])
+            known.qfi = int(req.get("qfi", known.qfi))
+            log.info("UE %d session: UL TEID 0x%x to %s, QFI %d", known.ue, known.ul_teid, known.upf_ip, known.qfi)
             return {"ok": True}
         if op == "release":
             self.release(int(req["ue"]))

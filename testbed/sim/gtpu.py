@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import NamedTuple
 
 from upf_tap.constants import (
@@ -96,7 +95,7 @@ def decode(data: bytes) -> GtpuPacket:
     return GtpuPacket(msg_type, teid, seq, pdu_type, qfi, bytes(data[off:end]))
 
 
-def receive_gpdus(sock: socket.socket, counters: Counter[str], log: logging.Logger
+def receive_gpdus(sock: socket.socket, counters: MutableMapping[str, int], log: logging.Logger
                   ) -> Iterator[GtpuPacket]:
     """Drain a non-blocking GTP-U socket: answer echo requests, count garbage, yield G-PDUs.
 

@@ -14,7 +14,7 @@ import os
 import socket
 import struct
 
-from upf_tap.live.netns import in_netns
+from upf_tap.capture.netns import in_netns
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001

@@ -69,7 +69,7 @@ class Session:
         far = self.fars.get(dl.far_id) if dl else None
         return {
             "cp_seid": self.cp_seid, "up_seid": self.up_seid,
-            "ue_ip": (dl or ul).ue_ip if (dl or ul) else None,
+            "ue_ip": pdr.ue_ip if (pdr := dl or ul) else None,
             "ul_teid": ul.teid if ul else None,
             "dl_teid": far.ohc_teid if far else None, "gnb_ip": far.ohc_ip if far else None,
             "qfi": self.qers.get(dl.qer_id) if dl and dl.qer_id else None,
@@ -197,12 +197,12 @@ class Upf:
         if mt == pfcp.SESSION_MODIFICATION_REQUEST:
             return self._modify(seq, int(pkt.seid), ies)
         if mt == pfcp.SESSION_DELETION_REQUEST:
-            s = self.sessions.get(int(pkt.seid))
-            if s is None:
+            gone = self.sessions.get(int(pkt.seid))
+            if gone is None:
                 return pfcp.session_deletion_response(seq, cp_seid=0, cause=pfcp.CAUSE_SESSION_NOT_FOUND)
-            self._remove(s)
-            log.info("session %d deleted", s.up_seid)
-            return pfcp.session_deletion_response(seq, cp_seid=s.cp_seid, cause=pfcp.CAUSE_ACCEPTED)
+            self._remove(gone)
+            log.info("session %d deleted", gone.up_seid)
+            return pfcp.session_deletion_response(seq, cp_seid=gone.cp_seid, cause=pfcp.CAUSE_ACCEPTED)
         self.counters["pfcp_bad"] += 1
         log.warning("PFCP message type %d not handled", mt)
         return None

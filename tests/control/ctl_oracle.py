@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 import shutil
-import subprocess
 
 from tests.conftest import CAPTURES
+from tests.support import tshark
 
 TSHARK = shutil.which("tshark")
 NULL_DECIPHER = ("-o", "nas-5gs.null_decipher:TRUE")
@@ -16,17 +16,8 @@ NULL_DECIPHER = ("-o", "nas-5gs.null_decipher:TRUE")
 def fields(name: str, display_filter: str, names: tuple[str, ...],
            options: tuple[str, ...] = ()) -> list[dict[str, list[str]]]:
     """One dict per matching frame: field name -> all its occurrences (possibly empty)."""
-    cmd = [TSHARK or "tshark", "-n", "-r", str(CAPTURES / name), *options, "-Y", display_filter,
-           "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|", "-E", "separator=\t"]
-    for f in names:
-        cmd += ["-e", f]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
-    rows: list[dict[str, list[str]]] = []
-    for line in out.splitlines():
-        cols = line.split("\t")
-        cols += [""] * (len(names) - len(cols))
-        rows.append({n: [v for v in c.split("|") if v] for n, c in zip(names, cols, strict=True)})
-    return rows
+    rows = tshark.fields(CAPTURES / name, names, display_filter, options)
+    return [{n: [v for v in vs if v] for n, vs in r.items()} for r in rows]
 
 
 def pfcp_established(name: str) -> list[tuple[str | None, int | None]]:

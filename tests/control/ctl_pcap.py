@@ -15,11 +15,13 @@ from pathlib import Path
 
 from scapy.utils import RawPcapReader
 
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
+from upf_tap.capture.common import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_RAW,
+)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,6 @@ def replay(name: str) -> Replay:
     def on_gtp(o: Any, teid: int) -> None:
         r.gtp.append((o.frame, o.dst, teid, cp.ue_for_teid(teid, o.dst)))
 
-    feed(cp, name, on_gtp, lambda: r.n2_ips.update(cp.n2_by_ueip))
+    feed(cp, name, on_gtp, lambda: r.n2_ips.update(cp.n2.by_ue_ip))
     cp.flush(0)
     return r

@@ -281,9 +281,10 @@ async def test_probes_and_metrics(tmp_path: Path, sink: Sink) -> None:
         status, text = await _get(base_url(srv) + "/metrics", None)
     assert status == 200
     lines = set(text.splitlines())
-    for want in ("detector_delivered_total 3", "detector_ingest_accepted_total 3", "detector_outbox_pending 0",
-                 "detector_inflight 0", "detector_sink_up 1", "detector_delivery_latency_seconds_count 3",
-                 'detector_delivery_latency_seconds_bucket{le="+Inf"} 3', "# TYPE detector_delivered_total counter"):
+    # sample values as prometheus_client writes them (always a float: 3.0)
+    for want in ("detector_delivered_total 3.0", "detector_ingest_accepted_total 3.0", "detector_outbox_pending 0.0",
+                 "detector_inflight 0.0", "detector_sink_up 1.0", "detector_delivery_latency_seconds_count 3.0",
+                 'detector_delivery_latency_seconds_bucket{le="+Inf"} 3.0', "# TYPE detector_delivered_total counter"):
         assert want in lines, want
 
 

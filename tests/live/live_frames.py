@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import struct
 
+from tests.support import frames
+
 DST_MAC = bytes.fromhex("020000000002")
 SRC_MAC = bytes.fromhex("020000000001")
 
@@ -46,11 +48,7 @@ def eth(payload: bytes, ethertype: int = 0x0800) -> bytes:
 
 def gtpu(teid: int, inner: bytes, qfi: int | None = None, ul: bool = True) -> bytes:
     """G-PDU, with a PDU Session Container when ``qfi`` is given."""
-    if qfi is None:
-        return struct.pack("!BBHI", 0x30, 0xFF, len(inner), teid) + inner
-    ext = bytes([1, 0x10 if ul else 0x00, qfi & 0x3F, 0])  # len 1 (4 bytes), PDU type, QFI, next=0
-    body = struct.pack("!HBB", 0, 0, 0x85) + ext + inner
-    return struct.pack("!BBHI", 0x34, 0xFF, len(body), teid) + body
+    return frames.gtpu(teid, inner, qfi=qfi, ul=ul)
 
 
 def dns_query(qname: str, ident: int = 0x1234) -> bytes:

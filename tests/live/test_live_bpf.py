@@ -12,8 +12,8 @@ import time
 import live_frames as F
 import pytest
 
-from upf_tap.live import bpf, fanout
-from upf_tap.live.ring import LINKTYPE_ETHERNET, Ring
+from upf_tap.capture import bpf, fanout
+from upf_tap.capture.ring import LINKTYPE_ETHERNET, Ring
 
 pytestmark = pytest.mark.root
 

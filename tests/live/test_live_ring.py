@@ -11,8 +11,8 @@ import pytest
 from conftest import open_tun
 from scapy.utils import RawPcapReader
 
-from upf_tap.live import bpf
-from upf_tap.live.ring import (
+from upf_tap.capture import bpf
+from upf_tap.capture.ring import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,

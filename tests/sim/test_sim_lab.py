@@ -22,6 +22,7 @@ import pytest
 
 from testbed.sim.lab import SimLab, SimLabError
 from testbed.sim.topology import MQTT_IP, SHOP_IP, UE_MTU, UPF_N3_IP, UPF_N4_IP, lab_netns, teardown_lab
+from tests.support import tshark as oracle
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")]
 
@@ -34,12 +35,7 @@ def new_lab_id() -> str:
 
 
 def tshark(pcap: Path, fields: list[str], dfilter: str) -> list[dict[str, str]]:
-    argv = ["tshark", "-r", str(pcap), "-Y", dfilter, "-T", "fields", "-E", "separator=|",
-            "-E", "occurrence=a"]
-    for f in fields:
-        argv += ["-e", f]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
+    return oracle.joined(oracle.fields(pcap, fields, dfilter))
 
 
 def leftovers(lab_id: str, marker: str) -> list[str]:

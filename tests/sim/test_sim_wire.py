@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from scapy.utils import wrpcap
 
 from testbed.sim import gtpu, pfcp
 from testbed.sim.upf import Upf
+from tests.support import tshark
 from upf_tap.constants import GTPU_PORT, PFCP_PORT
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
@@ -24,13 +24,7 @@ SMF, UPF, GNB, UPF_N3 = "192.168.104.10", "192.168.104.20", "192.168.100.10", "1
 
 
 def tshark_fields(pcap: Path, fields: list[str], dfilter: str = "") -> list[dict[str, str]]:
-    argv = ["tshark", "-r", str(pcap), "-T", "fields", "-E", "separator=|", "-E", "occurrence=a"]
-    if dfilter:
-        argv += ["-Y", dfilter]
-    for f in fields:
-        argv += ["-e", f]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
+    return tshark.joined(tshark.fields(pcap, fields, dfilter))
 
 
 def inner(src: str, dst: str) -> bytes:

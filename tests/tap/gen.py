@@ -11,26 +11,14 @@ from scapy.layers.l2 import CookedLinux, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import PcapWriter
 
+from tests.support import frames
+
 GNB, UPF = "192.168.100.10", "192.168.100.20"
 APP, APP6 = "10.200.0.10", "2001:db8:200::10"
 T0 = 1_700_000_000.0
 
 
-def gtpu(teid: int, inner: bytes, *, qfi: int = 1, ul: bool = True, seq: int | None = None,
-         extra_ext: bytes = b"", mtype: int = 255) -> bytes:
-    """A GTP-U header with a PDU Session Container (and optional other extension headers first)."""
-    flags = 0x34 | (0x02 if seq is not None else 0)
-    container = bytes([1, (1 if ul else 0) << 4, qfi, 0])
-    if extra_ext:
-        # extra_ext must end with its own next-type octet slot; chain: extra -> 0x85 -> end
-        first_type = extra_ext[0]
-        ext = extra_ext[1:-1] + b"\x85" + container
-    else:
-        first_type = 0x85
-        ext = container
-    opt = struct.pack("!HBB", seq or 0, 0, first_type)
-    body = opt + ext + inner
-    return struct.pack("!BBHI", flags, mtype, len(body), teid) + body
+gtpu = frames.gtpu      # a GTP-U header with a PDU Session Container (tests/support/frames.py)
 
 
 def n3(teid: int, inner: Packet | bytes, *, ul: bool = True, **kw) -> Packet:

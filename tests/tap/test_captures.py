@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 
 from tests.conftest import CAPTURES
+from tests.support.oracle import TSHARK, oracle_events, tap_keys
 from tests.tap.conftest import read_events, run_read
-from upf_tap.tshark_oracle import TSHARK, oracle_events, tap_keys
 
 ALL_CAPTURES = sorted(p.name for p in CAPTURES.iterdir() if p.suffix in (".pcap", ".pcapng"))
 

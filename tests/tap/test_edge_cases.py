@@ -13,11 +13,11 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
+from tests.support.oracle import TSHARK, oracle_events, tap_keys
 from tests.tap import gen
 from tests.tap.conftest import run_read
 from upf_tap.capture.pcapfile import read_packets
 from upf_tap.pipeline import Tap, TapConfig
-from upf_tap.tshark_oracle import TSHARK, oracle_events, tap_keys
 
 UE = "10.45.0.2"
 UE6 = "2001:db8:cafe::2"

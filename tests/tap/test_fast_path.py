@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.packet import Raw
 
-from bench.n3_workload import generate
 from tests.conftest import CAPTURES
+from tests.support.n3_workload import generate
 from tests.tap import gen
 from upf_tap.capture import pcapfile
 from upf_tap.capture.pcapfile import read_batches, read_packets

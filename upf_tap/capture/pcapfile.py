@@ -29,18 +29,28 @@ import zlib
 from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, BinaryIO, cast
 
+from upf_tap.capture.common import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+    CaptureError,
+)
+
 if TYPE_CHECKING:
     import gzip
 
-# Link types (https://www.tcpdump.org/linktypes.html); the tap's decoder switches on these.
-LINKTYPE_NULL = 0          # BSD loopback: 4-byte address family in host byte order
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101         # raw IPv4 or IPv6, version nibble tells
-LINKTYPE_LOOP = 108        # OpenBSD loopback: 4-byte address family, network byte order
-LINKTYPE_LINUX_SLL = 113   # Linux "any" device, cooked header v1 (16 bytes)
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276  # cooked header v2 (20 bytes)
+# the link types are re-exported: a reader of capture files looks for them here
+__all__ = [
+    "CHUNK", "DEFAULT_MAX_CAPLEN", "LINKTYPE_ETHERNET", "LINKTYPE_IPV4", "LINKTYPE_IPV6", "LINKTYPE_LINUX_SLL",
+    "LINKTYPE_LINUX_SLL2", "LINKTYPE_LOOP", "LINKTYPE_NULL", "LINKTYPE_RAW", "MAX_RECORD", "Batch",
+    "CaptureError", "Packet", "PcapRun", "PcapngRun", "Stats", "merge_captures", "read_batches",
+    "read_packets",
+]
 
 Packet = tuple[int, int, bytes]
 Batch = tuple[bytes, list[int]]  # a chunk and [ts_ns, linktype, start, end, ...] of its packets
@@ -175,10 +185,6 @@ class PcapngRun:
 
 
 _Records = Generator[Batch | PcapRun | PcapngRun | None, None, None]  # first item None: see read_batches
-
-
-class CaptureError(Exception):
-    """The file cannot be read as a capture at all; the message is one line naming it."""
 
 
 class _Order:

@@ -131,6 +131,6 @@ def load(path: str | os.PathLike[str]) -> IdentityFile:
             if ip in exact:
                 raise IdentityError(f"{name}: subscriber #{n}: address {ip} listed twice")
             exact[ip] = ident
-        else:
+        elif pool is not None:      # _entry gives exactly one of the two
             pools.append((ipaddress.ip_network(pool), ident))
     return IdentityFile(exact, pools)

@@ -13,6 +13,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from upf_tap.control.tunnel import Tunnel
+
 _pdu: Any = None
 _transfers: dict[str, Any] = {}
 
@@ -32,9 +34,6 @@ def _ngap_pdu() -> Any:
 
 class NgapError(ValueError):
     """NGAP that pycrate cannot decode."""
-
-
-Tunnel = tuple[str, int]   # (address, TEID)
 
 
 @dataclass(slots=True)
@@ -81,7 +80,7 @@ def snssai_text(v: dict[str, Any]) -> str:
 def _tunnel(up_info: Any) -> Tunnel | None:
     if isinstance(up_info, tuple) and up_info[0] == "gTPTunnel":
         g = up_info[1]
-        return transport_address(g["transportLayerAddress"]), int.from_bytes(g["gTP-TEID"], "big")
+        return Tunnel(transport_address(g["transportLayerAddress"]), int.from_bytes(g["gTP-TEID"], "big"))
     return None
 
 

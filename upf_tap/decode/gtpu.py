@@ -12,6 +12,10 @@ from upf_tap.constants import GTPU_EXT_PDU_SESSION_CONTAINER
 
 _hdr = struct.Struct("!BBHI").unpack_from  # flags, message type, length, TEID
 
+# The GTP-U context of a user packet, as the tap hands it on (not control/tunnel.py's endpoint):
+# outer src, outer dst (raw addresses), TEID, QFI (or NO_QFI), PDU type (or -1).
+GtpuContext = tuple[bytes, bytes, int, int, int]
+
 PDU_TYPE_DL = 0
 PDU_TYPE_UL = 1
 NO_QFI = -1

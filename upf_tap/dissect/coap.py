@@ -9,6 +9,9 @@ from upf_tap.dissect import AppFields, Found, Malformed
 
 KIND = "coap.request"
 
+# registration (upf_tap.dissect): datagrams to these server ports
+UDP_PORTS = frozenset({5683})
+
 VERSION = 1
 TYPES = ("CON", "NON", "ACK", "RST")
 # request codes 0.01-0.07 (RFC 7252 §12.1.1, RFC 8132 for FETCH/PATCH/iPATCH)

@@ -14,6 +14,9 @@ from upf_tap.dissect import AppFields, Found, Malformed
 
 KIND = "dns.query"
 
+# registration (upf_tap.dissect): datagrams and streams to port 53
+UDP_PORTS = TCP_PORTS = frozenset({53})
+
 HEADER_LEN = 12
 MAX_NAME = 255            # RFC 1035 §2.3.4, in wire octets
 MAX_POINTERS = 64         # more hops than a 255-octet name can need: a loop

@@ -18,6 +18,10 @@ from upf_tap.dissect import AppFields, Found, Malformed
 
 KIND = "http.request"
 
+# registration (upf_tap.dissect): streams to these server ports, and by content on any other
+TCP_PORTS = frozenset({80, 8000, 8008, 8080, 8081, 8888})
+SNIFF = True
+
 MAX_HEAD = 32 * 1024        # request line + headers; real ones are < 8 KiB
 MAX_LINE = 8 * 1024         # chunk-size / trailer line
 

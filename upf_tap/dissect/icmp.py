@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import struct
 
+from upf_tap.constants import IPPROTO_ICMP, IPPROTO_ICMPV6
 from upf_tap.dissect import Found, Malformed
 
 KIND = "icmp.echo_request"
+
+# registration (upf_tap.dissect): the payload of these IP protocols, through dissect_ip()
+IP_PROTOS = frozenset({IPPROTO_ICMP, IPPROTO_ICMPV6})
 
 ECHO_REQUEST_V4 = 8
 ECHO_REQUEST_V6 = 128
@@ -37,3 +41,8 @@ def dissect_datagram(data: bytes) -> Found:
 
 def dissect_datagram_v6(data: bytes) -> Found:
     return dissect_icmp(data, True)
+
+
+def dissect_ip(proto: int, data: bytes) -> Found:
+    """The tap's entry (see upf_tap.dissect): ICMPv4 or ICMPv6 by the IP protocol number."""
+    return dissect_icmp(data, proto == IPPROTO_ICMPV6)

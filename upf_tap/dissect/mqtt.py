@@ -15,6 +15,10 @@ from upf_tap.dissect import AppFields, Found, Malformed
 KIND_CONNECT = "mqtt.connect"
 KIND_PUBLISH = "mqtt.publish"
 
+# registration (upf_tap.dissect): streams to these server ports, and by content on any other
+TCP_PORTS = frozenset({1883})
+SNIFF = True
+
 CONNECT = 1
 PUBLISH = 3
 # required flag bits of the fixed header, by packet type (PUBLISH's carry DUP/QoS/RETAIN)

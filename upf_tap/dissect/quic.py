@@ -9,25 +9,30 @@ ClientHello body to :func:`upf_tap.dissect.tls.parse_client_hello`.
 ``dissect_datagram`` is stateless: it sees only one datagram (with its coalesced
 packets). A ClientHello spread over two Initial packets sent in separate datagrams
 (Chrome's post-quantum key shares) needs :class:`QuicInitialAssembler`, kept per flow.
+
+HMAC/SHA-256 (OpenSSL) and AES (``cryptography``) are imported on the first Initial
+opened, not with this module: the tap registers every dissector at start.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 import struct
 from collections import OrderedDict
 from functools import lru_cache
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from upf_tap.dissect import AppFields, Found, Malformed
 from upf_tap.dissect.tls import HS_CLIENT_HELLO, MAX_CLIENT_HELLO, parse_client_hello
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers import Cipher
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 KIND = "quic.initial"
+
+# registration (upf_tap.dissect): datagrams to these server ports, through datagram_state()
+UDP_PORTS = frozenset({443, 8443, 4433})
 
 V1 = 0x00000001
 V2 = 0x6B3343CF            # RFC 9369
@@ -54,7 +59,14 @@ FRAME_CRYPTO = 0x06
 FRAME_CLOSE = 0x1C
 
 _u32 = struct.Struct("!I").unpack_from
-_NONZERO = re.compile(rb"[^\x00]")
+_NONZERO: re.Pattern[bytes] | None = None  # rb"[^\x00]", compiled on first use (start-up time)
+
+
+def _nonzero() -> re.Pattern[bytes]:
+    global _NONZERO
+    if _NONZERO is None:
+        _NONZERO = re.compile(rb"[^\x00]")
+    return _NONZERO
 
 
 def _varint(b: bytes, p: int) -> tuple[int, int]:
@@ -73,6 +85,9 @@ def _varint(b: bytes, p: int) -> tuple[int, int]:
 
 def _expand_label(secret: bytes, label: bytes, length: int) -> bytes:
     # HKDF-Expand-Label (RFC 8446 §7.1) with an empty context; length <= 32 so one block
+    import hashlib
+    import hmac
+
     full = b"tls13 " + label
     info = struct.pack("!HB", length, len(full)) + full + b"\x00"
     return hmac.new(secret, info + b"\x01", hashlib.sha256).digest()[:length]
@@ -81,6 +96,9 @@ def _expand_label(secret: bytes, label: bytes, length: int) -> bytes:
 @lru_cache(maxsize=1024)
 def client_initial_keys(dcid: bytes, version: int = V1) -> tuple[bytes, bytes, bytes]:
     """(key, iv, hp) protecting the client's Initial packets for this DCID (RFC 9001 §5.2)."""
+    import hashlib
+    import hmac
+
     salt, prefix, _, _ = _VERSIONS[version]
     initial_secret = hmac.new(salt, dcid, hashlib.sha256).digest()  # HKDF-Extract
     client_secret = _expand_label(initial_secret, b"client in", 32)
@@ -93,11 +111,15 @@ def client_initial_keys(dcid: bytes, version: int = V1) -> tuple[bytes, bytes, b
 
 @lru_cache(maxsize=1024)
 def _hp_cipher(hp: bytes) -> Cipher:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     return Cipher(algorithms.AES(hp), modes.ECB())
 
 
 @lru_cache(maxsize=1024)
 def _aead(key: bytes) -> AESGCM:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     return AESGCM(key)
 
 
@@ -116,6 +138,8 @@ def looks_like(data: bytes) -> bool:
 
 def _open_initial(pkt: bytes, pn_offset: int, end: int, key_dcid: bytes, version: int) -> bytes | None:
     """Decrypted payload of the Initial ``pkt[:end]``, or None if these keys don't open it."""
+    from cryptography.exceptions import InvalidTag
+
     if pn_offset + 4 + SAMPLE_LEN > end:
         raise Malformed("quic: Initial too short for a header-protection sample")
     key, iv, hp = client_initial_keys(key_dcid, version)
@@ -141,7 +165,7 @@ def _crypto_frames(payload: bytes, out: list[tuple[int, bytes]]) -> None:
     while p < n:
         ftype = payload[p]
         if ftype == FRAME_PADDING:
-            m = _NONZERO.search(payload, p)  # Initials carry ~1 KiB of padding: skip it at once
+            m = _nonzero().search(payload, p)  # Initials carry ~1 KiB of padding: skip it at once
             p = m.start() if m else n
         elif ftype == FRAME_PING:
             p += 1
@@ -333,3 +357,8 @@ class QuicInitialAssembler:
     def pending(self) -> int:
         """Bytes of CRYPTO data held (for the tap's memory accounting)."""
         return sum(self._size.values())
+
+
+def datagram_state() -> QuicInitialAssembler:
+    """The tap's per-direction state (see upf_tap.dissect): a ClientHello may span datagrams."""
+    return QuicInitialAssembler()

@@ -17,6 +17,10 @@ from upf_tap.dissect import AppFields, Found, Malformed
 
 KIND = "tls.client_hello"
 
+# registration (upf_tap.dissect): streams to these server ports, and by content on any other
+TCP_PORTS = frozenset({443, 8443, 853, 993, 995, 465, 5061, 8883})
+SNIFF = True
+
 CT_CHANGE_CIPHER_SPEC = 20
 CT_ALERT = 21
 CT_HANDSHAKE = 22

@@ -19,12 +19,14 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO
 
+from mec_common.cli import EXIT_BAD_INPUT, SubParsers
+from upf_tap.capture.common import CaptureError
+from upf_tap.capture.ring import DEFAULT_RING_MB, have_capture_privilege
 from upf_tap.events import to_json_line
 from upf_tap.live.metrics import MetricsServer, Snapshot
-from upf_tap.live.ring import DEFAULT_RING_MB, CaptureError, have_capture_privilege
 from upf_tap.live.sender import (
     DEFAULT_BATCH_MAX,
     DEFAULT_LINGER,
@@ -34,8 +36,17 @@ from upf_tap.live.sender import (
     events_url,
 )
 from upf_tap.live.worker import CaptureSpec, Worker
+from upf_tap.options import add_pipeline_options, print_counters, tap_config
 
-EXIT_BAD_INPUT = 2
+if TYPE_CHECKING:
+    import multiprocessing.queues
+    import multiprocessing.synchronize
+
+    from upf_tap.pipeline import TapConfig
+
+    # what a worker process tells the parent: (kind, worker id, data)
+    WorkerQueue = multiprocessing.queues.Queue[tuple[str, int, Any]]
+
 MAX_WORKERS = 64
 READY_TIMEOUT = 15.0   # seconds for workers to open their rings
 STOP_TIMEOUT = 15.0    # seconds for workers to drain after stop
@@ -50,11 +61,9 @@ def _err(msg: str) -> None:
     print(f"upf-tap live: {msg}", file=sys.stderr, flush=True)
 
 
-def add_live_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the `live` subcommand to upf-tap's subparsers (sets func=run_live)."""
-    from upf_tap.cli import add_pipeline_options
-
-    p = subparsers.add_parser(
+def add_live_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
+    """Add the `live` subcommand to upf-tap's subparsers (upf_tap.cli runs it with run_live)."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
         "live", help="capture live on interfaces (AF_PACKET) and print or send AppEvents",
         description="Capture on one or more interfaces with AF_PACKET and a TPACKET_V3 ring, filter in "
                     "the kernel (classic BPF), decode exactly as `upf-tap read` does, and print AppEvents "
@@ -86,7 +95,6 @@ def add_live_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--linger", type=float, default=DEFAULT_LINGER, metavar="S",
                    help=f"wait up to S seconds for a batch to fill (default {DEFAULT_LINGER})")
     add_pipeline_options(p)
-    p.set_defaults(func=run_live)
     return p
 
 
@@ -185,13 +193,11 @@ class _Stop:
             self.flag = True
         return self.flag
 
-    def handler(self, signum: int, frame: Any) -> None:
+    def handler(self, signum: int, frame: FrameType | None) -> None:
         self.flag = True
 
 
 def run_live(args: argparse.Namespace) -> int:
-    from upf_tap.cli import print_counters, tap_config
-
     reason = _validate(args)
     if reason:
         _err(reason)
@@ -222,8 +228,8 @@ def run_live(args: argparse.Namespace) -> int:
     old = {s: signal.signal(s, stop.handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if args.workers == 1:
-            return _run_inline(args, spec, cfg, token, stop, print_counters)
-        return _run_workers(args, spec, cfg, token, stop, print_counters)
+            return _run_inline(args, spec, cfg, token, stop)
+        return _run_workers(args, spec, cfg, token, stop)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -234,11 +240,11 @@ class _Output:
 
     def __init__(self, args: argparse.Namespace, token: str) -> None:
         self.sender: DetectorSender | None = None
+        self.out: TextIO | None = None
         self.broken = False
         if args.detector:
             self.sender = DetectorSender(args.detector, token, max_queue=args.queue, batch_max=args.batch,
                                          linger=args.linger)
-            self.out = None
         else:
             self.out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n",
                                         write_through=False) if hasattr(sys.stdout, "buffer") else sys.stdout
@@ -250,9 +256,9 @@ class _Output:
     def line(self, text: str) -> None:
         if self.sender is not None:
             self.sender.put_line(text.encode() + b"\n")
-        elif not self.broken:
+        elif self.out is not None and not self.broken:
             try:
-                self.out.write(text + "\n")  # type: ignore[union-attr]
+                self.out.write(text + "\n")
             except BrokenPipeError:
                 self.broken = True
 
@@ -288,8 +294,7 @@ def _start_metrics(args: argparse.Namespace, totals: Totals) -> MetricsServer | 
     return m
 
 
-def _final_report(totals: Totals, elapsed: float, out: _Output,
-                  print_counters: Callable[..., None]) -> None:
+def _final_report(totals: Totals, elapsed: float, out: _Output) -> None:
     _err(f"done in {elapsed:.1f} s: {totals.line(elapsed)}")
     if len(totals.per_worker) > 1:
         _err("packets per worker: " + ", ".join(str(c.get("tap", {}).get("packets", 0))
@@ -310,8 +315,7 @@ def _describe(spec: CaptureSpec) -> str:
             f"{'s' if spec.workers > 1 else ''}, ring {spec.ring_mb} MiB)")
 
 
-def _run_inline(args: argparse.Namespace, spec: CaptureSpec, cfg: Any, token: str, stop: _Stop,
-                print_counters: Callable[..., None]) -> int:
+def _run_inline(args: argparse.Namespace, spec: CaptureSpec, cfg: TapConfig, token: str, stop: _Stop) -> int:
     out = _Output(args, token)
     totals = Totals(1)
     try:
@@ -352,11 +356,12 @@ def _run_inline(args: argparse.Namespace, spec: CaptureSpec, cfg: Any, token: st
         worker.close()
     if out.sender is not None:
         totals.update(0, totals.per_worker[0], out.sender)
-    _final_report(totals, time.monotonic() - t0, out, print_counters)
+    _final_report(totals, time.monotonic() - t0, out)
     return 0
 
 
-def _worker_main(spec: CaptureSpec, wid: int, cfg: Any, q: Any, stop_ev: Any) -> None:
+def _worker_main(spec: CaptureSpec, wid: int, cfg: TapConfig, q: WorkerQueue,
+                 stop_ev: multiprocessing.synchronize.Event) -> None:
     """Entry of a forked worker: capture, send event lines and counters to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: stop_ev.set())
@@ -393,10 +398,9 @@ def _worker_main(spec: CaptureSpec, wid: int, cfg: Any, q: Any, stop_ev: Any) ->
         q.join_thread()
 
 
-def _run_workers(args: argparse.Namespace, spec: CaptureSpec, cfg: Any, token: str, stop: _Stop,
-                 print_counters: Callable[..., None]) -> int:
+def _run_workers(args: argparse.Namespace, spec: CaptureSpec, cfg: TapConfig, token: str, stop: _Stop) -> int:
     ctx = mp.get_context("fork")
-    q = ctx.Queue()
+    q: WorkerQueue = ctx.Queue()
     stop_ev = ctx.Event()
     procs = [ctx.Process(target=_worker_main, args=(spec, wid, cfg, q, stop_ev), name=f"upf-tap-w{wid}",
                          daemon=True) for wid in range(spec.workers)]
@@ -476,5 +480,5 @@ def _run_workers(args: argparse.Namespace, spec: CaptureSpec, cfg: Any, token: s
         if metrics is not None:
             metrics.close()
     totals.update(0, totals.per_worker[0], out.sender)
-    _final_report(totals, time.monotonic() - t0, out, print_counters)
+    _final_report(totals, time.monotonic() - t0, out)
     return 0

@@ -3,13 +3,18 @@
 ``render(snapshot)`` is a pure function (tested directly and over HTTP);
 ``MetricsServer`` serves it on GET /metrics from a daemon thread, asking a
 callback for a fresh snapshot on each scrape so the capture loop never waits.
+
+Written by hand rather than with prometheus_client: its exposition writes every
+sample as a Go float (``811.0``, ``1.23456789e+08``) while these counters are exact
+integers and are read as such, and it renders a typical snapshot about ten times
+slower (0.5 ms against 46 us per scrape, in the process that captures). Names, types, HELP texts and label escaping follow the same format 0.0.4.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -35,14 +40,14 @@ def _esc(v: str) -> str:
 
 
 def _family(out: list[str], name: str, kind: str, help_: str, label: str | None,
-            values: Counter[str] | dict[str, int] | int) -> None:
+            values: Mapping[str, int] | int) -> None:
     full = PREFIX + name
     out.append(f"# HELP {full} {help_}")
     out.append(f"# TYPE {full} {kind}")
-    if label is None:
-        out.append(f"{full} {int(values)}")  # type: ignore[arg-type]
+    if not isinstance(values, Mapping):
+        out.append(f"{full} {int(values)}")
         return
-    assert isinstance(values, dict)
+    assert label is not None
     for k in sorted(values):
         out.append(f'{full}{{{label}="{_esc(str(k))}"}} {int(values[k])}')
 

@@ -3,10 +3,11 @@
 Capture must never wait for the network, so ``put`` only appends to a bounded
 in-memory queue; a background thread POSTs batches over one keep-alive
 connection with ``Authorization: Bearer``. While the detector is down (connection
-errors, 404/408/409/429/5xx) the same batch is retried with exponential backoff
-(honouring Retry-After) and new events queue up; when the queue is full the
-*oldest* event is dropped and counted, with a rate-limited warning on stderr.
-Other 4xx answers mean the batch itself is bad: it is dropped, counted, warned.
+errors, or the answers ``mec_common.http.is_retryable`` names: 404/408/409/429/5xx)
+the same batch is retried with exponential backoff (honouring Retry-After) and new
+events queue up; when the queue is full the *oldest* event is dropped and counted,
+with a rate-limited warning on stderr. Other 4xx answers mean the batch itself is bad:
+it is dropped, counted, warned.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
+from mec_common.http import is_retryable
+
 DEFAULT_MAX_QUEUE = 100_000
 DEFAULT_BATCH_MAX = 500
 DEFAULT_LINGER = 0.002         # seconds to wait for a batch to fill once one event is queued:
@@ -30,7 +33,6 @@ DEFAULT_BACKOFF_INITIAL = 0.1
 DEFAULT_BACKOFF_MAX = 5.0
 DEFAULT_TIMEOUT = 10.0
 WARN_EVERY = 5.0               # seconds between repeated drop warnings
-RETRY_STATUSES = frozenset({404, 408, 409, 429})
 EVENTS_PATH = "/v1/events"
 
 
@@ -165,7 +167,7 @@ class DetectorSender:
                 self.stats["sent"] += len(batch)
                 self.stats["posts"] += 1
                 return True
-            if status is not None and 400 <= status < 500 and status not in RETRY_STATUSES:
+            if status is not None and 400 <= status < 500 and not is_retryable(status):
                 self.stats["dropped_rejected"] += len(batch)
                 self.warn(f"detector rejected a batch of {len(batch)} events: HTTP {status} {err}")
                 return True

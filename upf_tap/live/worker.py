@@ -16,19 +16,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from upf_tap.capture import bpf, fanout
+from upf_tap.capture.common import LINKTYPE_ETHERNET, CaptureError
+from upf_tap.capture.netns import in_netns
+from upf_tap.capture.ring import DEFAULT_RETIRE_MS, DEFAULT_RING_MB, Ring, poll_rings
 from upf_tap.constants import PFCP_PORT
-from upf_tap.live import bpf, fanout
-from upf_tap.live.netns import in_netns
-from upf_tap.live.ring import (
-    DEFAULT_RETIRE_MS,
-    DEFAULT_RING_MB,
-    LINKTYPE_ETHERNET,
-    CaptureError,
-    Ring,
-    poll_rings,
-)
+
+if TYPE_CHECKING:
+    from upf_tap.pipeline import TapConfig
 
 CONTROL_RING_MB = 4
 DROP_ALL: list[bpf.Insn] = [(bpf.RET | bpf.K, 0, 0, 0)]
@@ -36,7 +33,6 @@ POLL_MS = 100
 CONTROL_COUNTERS = ("pfcp.", "sctp.", "ngap.", "nas.", "identity.", "control.", "session")
 HOLD_NS = 4 * DEFAULT_RETIRE_MS * 1_000_000  # frames wait this long for earlier ones on other rings
 CLOCK_STEP_NS = 1_000_000_000
-
 
 
 @dataclass(frozen=True)
@@ -132,7 +128,7 @@ def open_rings(spec: CaptureSpec, worker_id: int) -> list[Ring]:
 class Worker:
     """Rings + Tap. ``run`` loops until ``stop()`` is true, then drains and finishes."""
 
-    def __init__(self, spec: CaptureSpec, worker_id: int, tap_config: Any,
+    def __init__(self, spec: CaptureSpec, worker_id: int, tap_config: TapConfig,
                  emit: Callable[[dict[str, Any]], None]) -> None:
         from upf_tap.pipeline import Tap  # the decode pipeline (same as `upf-tap read`)
 

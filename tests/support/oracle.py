@@ -1,34 +1,21 @@
-"""tshark as an independent oracle: what application events does Wireshark see inside GTP-U?"""
+"""tshark as an independent oracle: what application events does Wireshark see inside GTP-U?
+
+Test and benchmark support (tests/, bench/bench_tap.py), not part of the tap."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections import Counter
 from pathlib import Path
 
-TSHARK = shutil.which("tshark")
-AGG = "\x1f"  # occurrence separator that never appears in a host name or URI
-
-# tshark's own prefs that make it see what a tap should: out-of-order TCP reassembly and
-# null-ciphered NAS (lab cores use NEA0).
-BASE_OPTS = ["-o", "tcp.reassemble_out_of_order:TRUE", "-o", "nas-5gs.null_decipher:TRUE"]
+from tests.support.tshark import TAP_OPTS, TSHARK, fields
 
 
-def tshark_fields(path: Path, display_filter: str, fields: list[str], extra: list[str] | None = None
+def tshark_fields(path: Path, display_filter: str, names: list[str], extra: list[str] | None = None
                   ) -> list[list[list[str]]]:
-    """Rows (one per frame) of per-field occurrence lists."""
+    """Rows (one per frame) of per-field occurrence lists, in the order of ``names``."""
     assert TSHARK, "tshark is not installed"
-    cmd = [TSHARK, "-n", "-r", str(path), *BASE_OPTS, *(extra or []), "-Y", display_filter, "-T", "fields",
-           "-E", "occurrence=a", "-E", f"aggregator={AGG}", "-E", "separator=\t"]
-    for f in fields:
-        cmd += ["-e", f]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
-    rows = []
-    for line in out.splitlines():
-        cols = line.split("\t")
-        rows.append([c.split(AGG) if c else [] for c in cols])
-    return rows
+    rows = fields(path, names, display_filter, [*TAP_OPTS, *(extra or [])])
+    return [[r[n] for n in names] for r in rows]
 
 
 def oracle_events(path: Path, gtpu_ports: tuple[int, ...] = ()) -> Counter[tuple]:

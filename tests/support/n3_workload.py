@@ -4,7 +4,7 @@ Frames are Ethernet/IPv4/UDP 2152/GTP-U (PDU Session Container with QFI)/IPv4/TC
 written straight into a pcap with struct (scapy would take minutes for 300k packets).
 Checksums are computed so that tools that verify them agree.
 
-    python bench/n3_workload.py OUT.pcap [--packets 300000] [--ues 200] [--seed 1]
+    python -m tests.support.n3_workload OUT.pcap [--packets 300000] [--ues 200] [--seed 1]
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import socket
 import struct
 import sys
 from pathlib import Path
+
+from tests.support.frames import gtpu
 
 GNB = socket.inet_aton("192.168.100.10")
 UPF = socket.inet_aton("192.168.100.20")
@@ -54,12 +56,6 @@ def _udp(src: bytes, dst: bytes, sport: int, dport: int, data: bytes, csum: bool
     return hdr[:6] + struct.pack("!H", c) + data
 
 
-def _gtpu(teid: int, qfi: int, ul: bool, inner: bytes) -> bytes:
-    ext = bytes([1, (1 if ul else 0) << 4, qfi & 0x3F, 0])  # PDU Session Container, next type 0
-    body = struct.pack("!HBB", 0, 0, 0x85) + ext + inner
-    return struct.pack("!BBHI", 0x34, 0xFF, len(body), teid) + body
-
-
 class Writer:
     def __init__(self, path: Path) -> None:
         self.f = path.open("wb")
@@ -70,7 +66,7 @@ class Writer:
     def frame(self, ul: bool, teid: int, qfi: int, inner: bytes, gap_us: int = 7) -> None:
         self.ts_us += gap_us
         outer = _ipv4(GNB if ul else UPF, UPF if ul else GNB, 17,
-                      _udp(GNB if ul else UPF, UPF if ul else GNB, 2152, 2152, _gtpu(teid, qfi, ul, inner), False),
+                      _udp(GNB if ul else UPF, UPF if ul else GNB, 2152, 2152, gtpu(teid, inner, qfi=qfi, ul=ul), False),
                       self.count)
         frame = (ETH if ul else ETH_REV) + outer
         sec, usec = divmod(self.ts_us, 1_000_000)

@@ -18,8 +18,9 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from upf_tap.live.bpf import Insn, Program
-from upf_tap.live.ring import PACKET_FANOUT, SOL_PACKET
+from upf_tap.capture.bpf import Insn, Program
+from upf_tap.capture.common import CaptureError
+from upf_tap.capture.ring import PACKET_FANOUT, SOL_PACKET
 
 PACKET_FANOUT_DATA = 22
 PACKET_FANOUT_HASH = 0
@@ -29,8 +30,8 @@ PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 MODES = {"hash": PACKET_FANOUT_HASH, "cbpf": PACKET_FANOUT_CBPF}
 
 
-class FanoutError(Exception):
-    pass
+class FanoutError(CaptureError):
+    """A socket could not join its fanout group (bad mode or id, no privilege, kernel refusal)."""
 
 
 def new_group_id() -> int:

@@ -27,6 +27,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from upf_tap.capture.common import LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_RAW, CaptureError
+
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_RX_RING = 5
@@ -45,11 +47,6 @@ ARPHRD_ETHER = 1
 ARPHRD_LOOPBACK = 772
 ARPHRD_NONE = 0xFFFE  # TUN in IFF_TUN mode: frames start at the IP header
 
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-
 # Frame layout offsets inside a block (see module docstring).
 _HDR = struct.Struct("<IIIIII HH")  # next_offset, sec, nsec, snaplen, len, status, mac, net
 _SLL_PKTTYPE = 48 + 10
@@ -66,10 +63,6 @@ SIOCGIFHWADDR = 0x8927
 # frame callback: (ts_ns, linktype, frame)
 FrameSink = Callable[[int, int, bytes], None]
 BatchSink = Callable[[bytes, list[int]], None]
-
-
-class CaptureError(Exception):
-    """A capture socket could not be set up (bad interface, no privilege, ...)."""
 
 
 @dataclass
@@ -91,7 +84,7 @@ def hw_type(sock: socket.socket, iface: str) -> int:
         res = fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR, struct.pack("16s16x", iface.encode()))
     except OSError as e:
         raise CaptureError(f"no such interface: {iface}") from e
-    return struct.unpack_from("<H", res, 16)[0]
+    return int(struct.unpack_from("<H", res, 16)[0])
 
 
 def linktype_for(hwtype: int) -> int:

@@ -128,7 +128,7 @@ def _l3_dispatch(a: Asm, l2: int) -> None:
         a.jeq(0x60, "v6", "drop")
 
 
-def _port_match(a: Asm, ports: Sequence[int], hit: str, miss: str) -> None:
+def _port_match(a: Asm, ports: Sequence[int], hit: str, miss: str | None) -> None:
     for i, p in enumerate(ports):
         a.jeq(p, hit, miss if i == len(ports) - 1 else None)
 

@@ -1,4 +1,4 @@
-"""PFCP state: request/response pairing and the SessionTable (N4 view of PDU sessions).
+"""N4 state: PFCP request/response pairing and ``N4Sessions``, the N4 view of PDU sessions.
 
 A request changes nothing until its response says "Request accepted": the table
 holds requests by (requester address, requester port, responder address, sequence
@@ -6,6 +6,22 @@ number), and a response from the responder to that port with that sequence numbe
 completes it. Sessions are keyed by the SEID local to each side, as PFCP headers
 carry them: the UP F-SEID at the UPF's address (requests from the SMF) and the CP
 F-SEID at the SMF's address (responses and Session Report Requests).
+
+``N4Sessions.on_message`` returns the changes to report, as ``N4Change`` records:
+"up" (Session Establishment), "modify" (Session Modification; details: the fields
+of the session's view that changed) and "down" (details: "deletion", or
+"association" when the peer restarted or released the PFCP association). Indexes
+``by_tunnel`` (UL and DL ``Tunnel``), ``by_teid``, ``by_ue_ip`` always reflect live
+sessions only; ``tunnel_ts`` records when each tunnel was bound (for a tie with N2).
+
+Drops, each counted: the oldest unanswered request past MAX_PENDING
+(``pfcp.unanswered_dropped``), a message type not handled (``pfcp.unsupported_type``),
+a response to no held request (``pfcp.duplicate_response`` if its request was just
+answered, else ``pfcp.unmatched_response``), a response of the wrong type
+(``pfcp.mismatched_response``), a rejection (``pfcp.rejected``), a deletion of an
+unknown session (``pfcp.session_unknown``; a modification of one starts a partial
+session). A retransmitted request replaces the held one (``pfcp.retransmission``);
+an establishment on a SEID in use ends the old session (``pfcp.seid_reused``).
 """
 
 from __future__ import annotations
@@ -13,19 +29,18 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from upf_tap.control import pfcp
 from upf_tap.control.pfcp import Far, Pdr, SessionFacts
+from upf_tap.control.tunnel import Tunnel
 
 MAX_PENDING = 65_536      # unanswered requests kept (oldest dropped first)
 MAX_ANSWERED = 4_096      # recently answered keys, to tell duplicates from strays
 
-Tunnel = tuple[str, int]  # (address, TEID)
-
 
 @dataclass(slots=True)
-class PfcpSession:
+class N4Session:
     cp_ip: str                       # SMF N4 address (request source)
     up_ip: str                       # UPF N4 address (request destination)
     cp_seid: int | None
@@ -48,7 +63,7 @@ class PfcpSession:
             if ft and "teid" in ft and pdr.source_iface in (pfcp.IFACE_ACCESS, None):
                 addr = ft.get("ipv4") or ft.get("ipv6")
                 if addr and (addr, ft["teid"]) not in out:
-                    out.append((addr, ft["teid"]))
+                    out.append(Tunnel(addr, ft["teid"]))
         return out
 
     def dl_tunnels(self) -> list[Tunnel]:
@@ -59,7 +74,7 @@ class PfcpSession:
             if ohc and ohc.get("gtpu") and far.dest_iface in (pfcp.IFACE_ACCESS, None):
                 addr = ohc.get("ipv4") or ohc.get("ipv6")
                 if addr and (addr, ohc["teid"]) not in out:
-                    out.append((addr, ohc["teid"]))
+                    out.append(Tunnel(addr, ohc["teid"]))
         return out
 
     def ue_ips(self) -> list[str]:
@@ -117,6 +132,12 @@ class PfcpSession:
         return {k: val for k, val in v.items() if val is not None}
 
 
+class N4Change(NamedTuple):
+    kind: str                 # "up" | "modify" | "down"
+    session: N4Session
+    details: list[str]        # modify: the view's fields that changed; down: the reason
+
+
 @dataclass(slots=True)
 class _Pending:
     msg_type: int
@@ -155,30 +176,24 @@ def _merge_far(old: Far, new: Far) -> None:
             setattr(old, name, val)
 
 
-class SessionTable:
-    """PFCP sessions and the pairing of requests with responses.
-
-    ``on_message`` returns the session changes as (kind, session, details): kind is
-    "up", "modify" (details: the fields that changed) or "down" (details: the reason,
-    "deletion" or "association" when the peer restarted or released the association). Indexes ``by_tunnel`` ((address, TEID), both
-    directions) and ``by_ue_ip`` always reflect live sessions only.
-    """
+class N4Sessions:
+    """PFCP sessions and the pairing of requests with responses (see the module docstring)."""
 
     def __init__(self, stats: collections.Counter[str]) -> None:
         self.stats = stats
         self.pending: dict[tuple[str, int, str, int], _Pending] = {}
         self.answered: dict[tuple[str, int, str, int], None] = {}
-        self.by_up: dict[tuple[str, int], PfcpSession] = {}
-        self.by_cp: dict[tuple[str, int], PfcpSession] = {}
-        self.by_tunnel: dict[Tunnel, PfcpSession] = {}
-        self.by_teid: dict[int, PfcpSession] = {}      # TEID alone, for taps that see other addresses
+        self.by_up: dict[tuple[str, int], N4Session] = {}
+        self.by_cp: dict[tuple[str, int], N4Session] = {}
+        self.by_tunnel: dict[Tunnel, N4Session] = {}
+        self.by_teid: dict[int, N4Session] = {}      # TEID alone, for taps that see other addresses
         self.tunnel_ts: dict[Tunnel, int] = {}         # when each tunnel was bound to its session
-        self.by_ue_ip: dict[str, PfcpSession] = {}
+        self.by_ue_ip: dict[str, N4Session] = {}
         self.nodes: dict[str, dict[str, Any]] = {}     # N4 address -> node id, recovery time
 
     # ------------------------------------------------------------------ input
     def on_message(self, ts_ns: int, src: str, sport: int, dst: str, dport: int,
-                   msg: pfcp.PfcpMessage) -> list[tuple[str, PfcpSession, list[str]]]:
+                   msg: pfcp.PfcpMessage) -> list[N4Change]:
         mt = msg.msg_type
         if mt in pfcp.REQUEST_TYPES:
             key = (src, sport, dst, msg.seq)
@@ -217,7 +232,7 @@ class SessionTable:
         if mt == pfcp.SESS_REPORT_RESP:
             self.stats["pfcp.session_report"] += 1
             return []
-        out: list[tuple[str, PfcpSession, list[str]]] = []
+        out: list[N4Change] = []
         if mt in (pfcp.ASSOC_SETUP_RESP, pfcp.ASSOC_UPDATE_RESP):
             self.stats["pfcp.association"] += 1
             for addr, facts in ((dst, req.facts), (src, resp)):
@@ -232,7 +247,7 @@ class SessionTable:
         return out
 
     def _node_seen(self, addr: str, facts: SessionFacts,
-                   setup: bool) -> list[tuple[str, PfcpSession, list[str]]]:
+                   setup: bool) -> list[N4Change]:
         """Record a node's id; a new Recovery Time Stamp in an Association Setup: it restarted."""
         node = self.nodes.setdefault(addr, {})
         if facts.node_id:
@@ -247,22 +262,22 @@ class SessionTable:
         self.stats["pfcp.peer_restart"] += 1
         return self._peer_gone(addr, None)
 
-    def _peer_gone(self, a: str, b: str | None) -> list[tuple[str, PfcpSession, list[str]]]:
+    def _peer_gone(self, a: str, b: str | None) -> list[N4Change]:
         """End the sessions of node a (with node b only, when given)."""
-        out: list[tuple[str, PfcpSession, list[str]]] = []
+        out: list[N4Change] = []
         for s in self.sessions():
             ends = {s.cp_ip, s.up_ip}
             if a in ends and (b is None or b in ends):
                 self._forget(s)
-                out.append(("down", s, ["association"]))
+                out.append(N4Change("down", s, ["association"]))
         return out
 
     # ------------------------------------------------------------------ session life
     def _established(self, ts_ns: int, req: _Pending, resp: SessionFacts, msg: pfcp.PfcpMessage,
-                     requester: str, responder: str) -> list[tuple[str, PfcpSession, list[str]]]:
+                     requester: str, responder: str) -> list[N4Change]:
         cp_seid = req.facts.f_seid[0] if req.facts.f_seid else msg.seid
         up_seid = resp.f_seid[0] if resp.f_seid else None
-        s = PfcpSession(cp_ip=requester, up_ip=responder, cp_seid=cp_seid, up_seid=up_seid,
+        s = N4Session(cp_ip=requester, up_ip=responder, cp_seid=cp_seid, up_seid=up_seid,
                         started_ns=req.ts_ns, cp_node=req.facts.node_id, up_node=resp.node_id)
         for key, table in (((responder, up_seid), self.by_up), ((requester, cp_seid), self.by_cp)):
             if key[1] is not None and key in table:
@@ -274,22 +289,22 @@ class SessionTable:
         if cp_seid is not None:
             self.by_cp[(requester, cp_seid)] = s
         self._index(s, ts_ns)
-        return [("up", s, [])]
+        return [N4Change("up", s, [])]
 
     def _find(self, requester: str, responder: str, req_seid: int | None,
-              resp_seid: int | None) -> PfcpSession | None:
+              resp_seid: int | None) -> N4Session | None:
         s = self.by_up.get((responder, req_seid)) if req_seid is not None else None
         if s is None and resp_seid is not None:
             s = self.by_cp.get((requester, resp_seid))
         return s
 
     def _modified(self, ts_ns: int, req: _Pending, resp: SessionFacts, msg: pfcp.PfcpMessage,
-                  requester: str, responder: str) -> list[tuple[str, PfcpSession, list[str]]]:
+                  requester: str, responder: str) -> list[N4Change]:
         s = self._find(requester, responder, req.seid, msg.seid)
         if s is None:
             # the establishment happened before the capture: start from what this says
             self.stats["pfcp.session_unknown"] += 1
-            s = PfcpSession(cp_ip=requester, up_ip=responder, cp_seid=msg.seid or None,
+            s = N4Session(cp_ip=requester, up_ip=responder, cp_seid=msg.seid or None,
                             up_seid=req.seid or None, started_ns=ts_ns, partial=True)
             if s.up_seid is not None:
                 self.by_up[(responder, s.up_seid)] = s
@@ -302,18 +317,18 @@ class SessionTable:
         self._index(s, ts_ns, keep=old_tunnels)
         after = s.view()
         changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        return [("modify", s, changed)]
+        return [N4Change("modify", s, changed)]
 
     def _deleted(self, req: _Pending, msg: pfcp.PfcpMessage, requester: str,
-                 responder: str) -> list[tuple[str, PfcpSession, list[str]]]:
+                 responder: str) -> list[N4Change]:
         s = self._find(requester, responder, req.seid, msg.seid)
         if s is None:
             self.stats["pfcp.session_unknown"] += 1
             return []
         self._forget(s)
-        return [("down", s, ["deletion"])]
+        return [N4Change("down", s, ["deletion"])]
 
-    def _apply(self, s: PfcpSession, req: SessionFacts, resp: SessionFacts) -> None:
+    def _apply(self, s: N4Session, req: SessionFacts, resp: SessionFacts) -> None:
         for pid in req.removed_pdrs:
             s.pdrs.pop(pid, None)
         for fid in req.removed_fars:
@@ -326,26 +341,26 @@ class SessionTable:
             s.user_id = req.user_id
 
     # ------------------------------------------------------------------ indexes
-    def _index(self, s: PfcpSession, ts_ns: int, keep: set[Tunnel] | frozenset[Tunnel] = frozenset()) -> None:
+    def _index(self, s: N4Session, ts_ns: int, keep: set[Tunnel] | frozenset[Tunnel] = frozenset()) -> None:
         for t in s.ul_tunnels() + s.dl_tunnels():
             if t not in keep or t not in self.tunnel_ts:
                 self.tunnel_ts[t] = ts_ns
             self.by_tunnel[t] = s
-            self.by_teid[t[1]] = s
+            self.by_teid[t.teid] = s
         for ip in s.ue_ips():
             self.by_ue_ip[ip] = s
 
-    def _unindex(self, s: PfcpSession) -> None:
+    def _unindex(self, s: N4Session) -> None:
         for t in s.ul_tunnels() + s.dl_tunnels():
             if self.by_tunnel.get(t) is s:
                 del self.by_tunnel[t]
-            if self.by_teid.get(t[1]) is s:
-                del self.by_teid[t[1]]
+            if self.by_teid.get(t.teid) is s:
+                del self.by_teid[t.teid]
         for ip in s.ue_ips():
             if self.by_ue_ip.get(ip) is s:
                 del self.by_ue_ip[ip]
 
-    def _forget(self, s: PfcpSession) -> None:
+    def _forget(self, s: N4Session) -> None:
         self._unindex(s)
         for t in s.ul_tunnels() + s.dl_tunnels():
             if t not in self.by_tunnel:
@@ -355,9 +370,9 @@ class SessionTable:
         if s.cp_seid is not None and self.by_cp.get((s.cp_ip, s.cp_seid)) is s:
             del self.by_cp[(s.cp_ip, s.cp_seid)]
 
-    def sessions(self) -> list[PfcpSession]:
+    def sessions(self) -> list[N4Session]:
         """Live sessions, each once."""
-        seen: dict[int, PfcpSession] = {}
+        seen: dict[int, N4Session] = {}
         for s in list(self.by_up.values()) + list(self.by_cp.values()):
             seen[id(s)] = s
         return list(seen.values())

@@ -1,0 +1,252 @@
+"""The fused walks: capture records and the fast test in one loop (``upf-tap read``'s hot path).
+
+The bulk of N3 traffic is Ethernet/IPv4/UDP/GTP-U (one PDU Session Container)/IPv4/TCP on a
+flow direction whose inspection is over, or a bare ACK. For such a packet one
+``unpack_from`` at the frame's offset and one dict lookup decide it, with every name local
+(see ``_FAST_N3``); anything else is copied out and goes to ``Tap.feed_at``, the full
+decoder. The three walks (pcap records, pcapng Enhanced Packet Blocks, batches of offsets)
+hold the same test on purpose: a function call per packet would cost more than the test.
+tests/tap/test_fast_path.py checks that each gives exactly what ``Tap.feed`` gives: the
+same events and the same counters.
+
+This is the one module that knows both record layouts (:class:`PcapRun`, :class:`PcapngRun`
+in ``upf_tap.capture.pcapfile``) and the flow table's insides (its TCP table,
+``skip``, ``lru``: each walk inlines ``FlowTable.touch``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from upf_tap.capture.pcapfile import MAX_RECORD, PcapngRun, PcapRun
+from upf_tap.constants import IPPROTO_TCP, LRU_TOUCH_NS
+from upf_tap.decode.link import LINKTYPE_ETHERNET
+
+if TYPE_CHECKING:
+    from upf_tap.pipeline import Tap
+
+# The common N3 frame read in one call, fields packed by what is tested together:
+# Ethernet type + IPv4 version/IHL (12-15), outer total length, fragment bits + protocol
+# (20-23), both UDP ports, GTP-U flags + type + length (42-45), next-extension type + PDU
+# Session Container length (53-54), its next type + inner IPv4 version/IHL (57-58), inner
+# total length, inner fragment bits + protocol (64-67), the inner addresses and ports
+# (70-81: the flow key, as bytes), TCP data offset + flags (90-91).
+_FAST_N3 = "12xIH2xI10xI4xI7xH2xHxH2xI2x12s8xH"
+_fast_n3 = struct.Struct("!" + _FAST_N3).unpack_from
+_fast_n3_rec = struct.Struct("!16x" + _FAST_N3).unpack_from  # from the start of a pcap record
+_fast_n3_epb = struct.Struct("!28x" + _FAST_N3).unpack_from  # from the start of a pcapng EPB
+# A frame of L bytes takes the fast path only if every length in it agrees with L (outer
+# IPv4 L - 14, GTP-U L - 50, inner IPv4 L - 58): then the full decoder could not count a
+# truncation or padding either (written ``L - otot == 14``: a small difference is a cached
+# int, nothing allocated). ``gtp == _GTP_ROOM + L`` is GTP-U flags/type 0x34FF with length L - 50.
+_GTP_ROOM = 0x34FF0000 - 50
+NS = 1_000_000_000  # nanoseconds per second
+
+Batch = tuple[bytes, list[int]]  # a buffer and [ts_ns, linktype, start, end, ...] of its packets
+
+
+@lru_cache(maxsize=8)
+def _both_ports(gtpu_ports: frozenset[int]) -> frozenset[int]:
+    """Every (source port << 16 | destination port) pair of GTP-U ports: the fast test's first try."""
+    return frozenset((a << 16) | b for a in gtpu_ports for b in gtpu_ports)
+
+
+def walk(tap: Tap, batches: Iterable[Batch | PcapRun | PcapngRun]) -> None:
+    """Decode what ``capture.pcapfile.read_batches`` yields (``Tap.consume_batches``): batches
+    ``(buf, [ts_ns, linktype, start, end, ...])``, or with ``runs=True`` :class:`PcapRun` /
+    :class:`PcapngRun` chunks, whose records are walked here. No object is made per packet for
+    the bulk of the traffic."""
+    for item in batches:
+        if type(item) is PcapRun:
+            walk_pcap(tap, item)
+        elif type(item) is PcapngRun:
+            walk_pcapng(tap, item)
+        else:
+            buf, recs = item  # type: ignore[misc]
+            walk_batch(tap, buf, recs)
+
+
+def walk_pcap(tap: Tap, run: PcapRun) -> None:
+    """Every whole record of one pcap chunk (the contract is in PcapRun's docstring)."""
+    fast, rec, slow = _fast_n3_rec, run.rec, tap.feed_at
+    flows = tap.flows
+    flows_get, skip_get = flows.table(IPPROTO_TCP).get, flows.skip.get
+    lru_touch = flows.lru.move_to_end
+    gtpu_ports = tap.gtpu_ports
+    both_ports = _both_ports(gtpu_ports)
+    linktype, mul, limit, ns = run.linktype, run.mul, run.limit, NS
+    gtp_room, touch_ns = _GTP_ROOM, LRU_TOUCH_NS
+    min_fast = 98 if not tap.n6 and linktype == LINKTYPE_ETHERNET else MAX_RECORD  # frames the fast test reads
+    count_flows = tap.cfg.flows
+    next_expiry = tap.next_expiry
+    buf, off = run.buf, run.off
+    first, n = off, len(buf)
+    npk = 0
+    ts_ns = tap.last_ns
+    sec0 = base = -1  # the second of the last record and its start in ns: one multiply per second
+    try:
+        while True:
+            try:
+                sec, frac, incl = rec(buf, off)
+            except struct.error:  # fewer than 16 bytes left in the chunk
+                break
+            end = off + 16 + incl
+            if end > n or incl > limit:
+                break
+            npk += 1
+            if sec != sec0:
+                sec0, base = sec, sec * ns
+            ts_ns = base + frac * mul
+            if ts_ns >= next_expiry:
+                tap.expire(ts_ns)
+                next_expiry = tap.next_expiry
+            if incl >= min_fast:
+                eth_ip, otot, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, off)
+                if (0x08004500 <= eth_ip <= 0x080045FF and incl - otot == 14 and frag_proto & 0x3FFF00FF == 17
+                        and gtp == gtp_room + incl and ext == 0x8501 and ext_ip == 0x0045
+                        and incl - itot == 58 and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07
+                        and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4)
+                        and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
+                    # a bare ACK: any flow; data: a direction with nothing left to inspect
+                    hit = (flows_get if itot == tcp_end else skip_get)(key)
+                    if hit is not None:
+                        off = end
+                        flow, idx = hit
+                        if ts_ns > flow.touch_at:
+                            lru_touch(flow.key0)
+                            flow.touch_at = ts_ns + touch_ns
+                        flow.last_ns = ts_ns
+                        if count_flows:  # per-flow counters only show in flow.end events
+                            flow.pkts[idx] += 1
+                            flow.octets[idx] += itot - 20
+                        continue
+            tap.last_ns = ts_ns
+            slow(ts_ns, linktype, buf[off + 16 : end], 0, incl)
+            off = end
+    finally:
+        run.off = off
+        run.packets += npk
+        tap.packets += npk
+        tap.octets += off - first - 16 * npk
+        tap.last_ns = ts_ns
+
+
+def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
+    """Consecutive Enhanced Packet Blocks of one pcapng chunk (contract: PcapngRun)."""
+    fast, epb, trailer, ifaces, slow = _fast_n3_epb, run.epb, run.trailer, run.ifaces, tap.feed_at
+    flows = tap.flows
+    flows_get, skip_get = flows.table(IPPROTO_TCP).get, flows.skip.get
+    lru_touch = flows.lru.move_to_end
+    gtpu_ports = tap.gtpu_ports
+    both_ports = _both_ports(gtpu_ports)
+    gtp_room, touch_ns, n6 = _GTP_ROOM, LRU_TOUCH_NS, tap.n6
+    count_flows = tap.cfg.flows
+    next_expiry = tap.next_expiry
+    buf, off = run.buf, run.off
+    n = len(buf)
+    npk = nbytes = 0
+    cur = -1  # interface of the previous block: most files have one
+    linktype = mul = tsoff = 0
+    min_fast = MAX_RECORD
+    ts_ns = tap.last_ns
+    th0 = hi = -1  # the high timestamp word of the last block and its share of ts_ns
+    try:
+        while True:
+            try:
+                btype, blen, ifid, th, tl, cap = epb(buf, off)
+            except struct.error:  # fewer than 28 bytes left in the chunk
+                break
+            end = off + blen
+            if btype != 6 or end > n or blen & 3 or blen - cap < 32 or trailer(buf, end - 4)[0] != blen:
+                break
+            if ifid != cur:
+                if ifid >= len(ifaces) or ifaces[ifid][2] != 1:  # unknown, or a resolution to divide by
+                    break
+                linktype, mul, _div, tsoff, _snap = ifaces[ifid]
+                th0 = -1
+                min_fast = 98 if not n6 and linktype == LINKTYPE_ETHERNET else MAX_RECORD
+                cur = ifid
+            npk += 1
+            nbytes += cap
+            if th != th0:
+                th0, hi = th, (th << 32) * mul + tsoff
+            ts_ns = hi + tl * mul
+            if ts_ns >= next_expiry:
+                tap.expire(ts_ns)
+                next_expiry = tap.next_expiry
+            if cap >= min_fast:
+                eth_ip, otot, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, off)
+                if (0x08004500 <= eth_ip <= 0x080045FF and cap - otot == 14 and frag_proto & 0x3FFF00FF == 17
+                        and gtp == gtp_room + cap and ext == 0x8501 and ext_ip == 0x0045
+                        and cap - itot == 58 and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07
+                        and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4)
+                        and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
+                    hit = (flows_get if itot == tcp_end else skip_get)(key)
+                    if hit is not None:
+                        off = end
+                        flow, idx = hit
+                        if ts_ns > flow.touch_at:
+                            lru_touch(flow.key0)
+                            flow.touch_at = ts_ns + touch_ns
+                        flow.last_ns = ts_ns
+                        if count_flows:
+                            flow.pkts[idx] += 1
+                            flow.octets[idx] += itot - 20
+                        continue
+            tap.last_ns = ts_ns
+            slow(ts_ns, linktype, buf[off + 28 : off + 28 + cap], 0, cap)
+            off = end
+    finally:
+        run.off = off
+        run.packets += npk
+        tap.packets += npk
+        tap.octets += nbytes
+        tap.last_ns = ts_ns
+
+
+def walk_batch(tap: Tap, buf: bytes, recs: list[int]) -> None:
+    """The packets of one batch (``read_batches``): the same fast test as ``walk_pcap``."""
+    fast, slow = _fast_n3, tap.feed_at
+    flows = tap.flows
+    flows_get, skip_get = flows.table(IPPROTO_TCP).get, flows.skip.get
+    lru_touch, touch_ns, gtp_room = flows.lru.move_to_end, LRU_TOUCH_NS, _GTP_ROOM
+    gtpu_ports = tap.gtpu_ports
+    both_ports = _both_ports(gtpu_ports)
+    use_fast = not tap.n6
+    count_flows = tap.cfg.flows
+    next_expiry = tap.next_expiry
+    tap.packets += len(recs) >> 2
+    tap.octets += sum(recs[3::4]) - sum(recs[2::4])
+    ts_ns = tap.last_ns
+    it = iter(recs)
+    try:
+        for ts_ns, linktype, start, end in zip(it, it, it, it):  # noqa: B905 - always 4 per packet
+            if ts_ns >= next_expiry:
+                tap.expire(ts_ns)
+                next_expiry = tap.next_expiry
+            flen = end - start
+            if use_fast and linktype == 1 and flen >= 98:
+                eth_ip, otot, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, start)
+                if (0x08004500 <= eth_ip <= 0x080045FF and flen - otot == 14 and frag_proto & 0x3FFF00FF == 17
+                        and gtp == gtp_room + flen and ext == 0x8501 and ext_ip == 0x0045
+                        and flen - itot == 58 and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07
+                        and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4)
+                        and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
+                    hit = (flows_get if itot == tcp_end else skip_get)(key)
+                    if hit is not None:
+                        flow, idx = hit
+                        if ts_ns > flow.touch_at:
+                            lru_touch(flow.key0)
+                            flow.touch_at = ts_ns + touch_ns
+                        flow.last_ns = ts_ns
+                        if count_flows:
+                            flow.pkts[idx] += 1
+                            flow.octets[idx] += itot - 20
+                        continue
+            tap.last_ns = ts_ns
+            slow(ts_ns, linktype, buf if start == 0 and end == len(buf) else buf[start:end], 0, flen)
+    finally:
+        tap.last_ns = ts_ns
