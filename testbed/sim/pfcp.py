@@ -19,8 +19,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from scapy.contrib import pfcp as sp
-from scapy.packet import Packet, Raw
+try:
+    from scapy.contrib import pfcp as sp
+    from scapy.packet import Packet, Raw
+except ImportError:       # an extra: the tap's and detector's images do not ship it
+    raise SystemExit("testbed sim: needs scapy: pip install 'mec-serverless-testbed[sim]'") from None
 
 # message types (TS 29.244 §7.3)
 HEARTBEAT_REQUEST = 1

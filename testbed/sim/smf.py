@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scapy.contrib import pfcp as sp
-
 from testbed.constants import DNN, SST, supi, ue_ipv4
 from testbed.sim import ctl, pfcp
+from testbed.sim.pfcp import sp  # scapy, an extra: one clear error where it is missing
 from testbed.sim.topology import SMF_N4_IP, UPF_N4_IP
 from upf_tap.constants import PFCP_PORT
 

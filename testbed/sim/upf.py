@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scapy.contrib import pfcp as sp
-
 from testbed.sim import ctl, gtpu, pfcp
+from testbed.sim.pfcp import sp  # scapy, an extra: one clear error where it is missing
 from testbed.sim.topology import UPF_N3_IP, UPF_N4_IP, UPF_TUN
 from testbed.sim.tun import open_tun
 from upf_tap.constants import GTPU_PORT, PFCP_PORT
