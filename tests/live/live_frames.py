@@ -6,18 +6,12 @@ import socket
 import struct
 
 from tests.support import frames
+from tests.support.frames import csum
 
 DST_MAC = bytes.fromhex("020000000002")
 SRC_MAC = bytes.fromhex("020000000001")
 
 
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def ipv4(src: str, dst: str, proto: int, payload: bytes, *, frag: int = 0, ident: int = 1,

@@ -13,6 +13,16 @@ GTPU_GPDU = 0xFF
 EXT_PDU_SESSION_CONTAINER = 0x85
 
 
+def csum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
 def gtpu(teid: int, inner: bytes, *, qfi: int | None = 1, ul: bool = True, seq: int | None = None,
          extra_ext: bytes = b"", mtype: int = GTPU_GPDU) -> bytes:
     """A GTP-U message: with a PDU Session Container (TS 38.415) unless ``qfi`` is None.

@@ -16,7 +16,7 @@ import struct
 import sys
 from pathlib import Path
 
-from tests.support.frames import gtpu
+from tests.support.frames import csum, gtpu
 
 GNB = socket.inet_aton("192.168.100.10")
 UPF = socket.inet_aton("192.168.100.20")
@@ -27,13 +27,7 @@ ETH_REV = bytes.fromhex("020000000001" "020000000002" "0800")
 MSS = 1400
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+_csum = csum
 
 
 def _ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int = 0) -> bytes:
