@@ -74,6 +74,17 @@ async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
+@web.middleware
+async def ingest_admission(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Ingest routes: 503 while draining or overloaded, 413 for a declared body over the cap,
+    before the body is read (after the token check, as the middlewares are ordered)."""
+    if request.match_info.handler in _INGEST:
+        refused = _refuse(request.app[DETECTOR_KEY], request)
+        if refused is not None:
+            return refused
+    return await handler(request)
+
+
 def _refuse(det: Detector, request: web.Request) -> web.Response | None:
     """The answer that ends an ingest request before its body is read, if any."""
     if det.draining:
@@ -97,9 +108,6 @@ async def _read(det: Detector, request: web.Request) -> bytes | web.Response:
 @_token_required
 async def post_events(request: web.Request) -> web.Response:
     det = request.app[DETECTOR_KEY]
-    refused = _refuse(det, request)
-    if refused is not None:
-        return refused
     body = await _read(det, request)
     if isinstance(body, web.Response):
         return body
@@ -123,9 +131,6 @@ async def post_events(request: web.Request) -> web.Response:
 @_token_required
 async def post_cloudevent(request: web.Request) -> web.Response:
     det = request.app[DETECTOR_KEY]
-    refused = _refuse(det, request)
-    if refused is not None:
-        return refused
     body = await _read(det, request)
     if isinstance(body, web.Response):
         return body
@@ -200,7 +205,7 @@ async def _refuse_new_ingest(app: web.Application) -> None:
 
 def make_app(det: Detector) -> web.Application:
     # the body limit is enforced by us (413 with a JSON reason); aiohttp's own check backs it up
-    app = web.Application(client_max_size=det.cfg.max_body_bytes, middlewares=[count_ingest, bearer_token])
+    app = web.Application(client_max_size=det.cfg.max_body_bytes, middlewares=[count_ingest, bearer_token, ingest_admission])
     app[DETECTOR_KEY] = det
     app.cleanup_ctx.append(_detector_life)
     app.on_shutdown.append(_refuse_new_ingest)

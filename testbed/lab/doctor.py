@@ -244,7 +244,7 @@ def check_avx(h: Host, image: str = L.MONGO_IMAGE) -> Check:
         cpuinfo = (h.proc / "cpuinfo").read_text()
     except OSError:
         cpuinfo = ""
-    has_avx = any(ln.startswith("flags") and " avx" in f" {ln.split(':', 1)[-1]} ".replace("\t", " ")
+    has_avx = any(ln.startswith("flags") and "avx" in ln.split(":", 1)[-1].split()
                   for ln in cpuinfo.splitlines())
     if not mongo_needs_avx(image):
         return Check("avx", "ok", f"not needed by {image} (CPU AVX: {'yes' if has_avx else 'no'})")
@@ -335,10 +335,11 @@ def check_networks(h: Host, lab: dict[str, str] | None = None) -> Check:
     lab = lab or L.NETWORKS
     if L.NETWORKS_ERROR and lab is L.NETWORKS:
         return Check("networks", "fail", L.NETWORKS_ERROR, f"correct {L.NETWORKS_FILE.name}")
-    problems = network_overlaps(lab, host_routes(h), docker_networks(h))
+    routes = host_routes(h)
+    problems = network_overlaps(lab, routes, docker_networks(h))
     pool = ipaddress.ip_network(C.UE_POOL_V4)
     problems += [f"UE pool {pool} overlaps the host route {dst} dev {dev}"
-                 for dst, dev in host_routes(h) if pool.overlaps(dst) and dev != L.OGSTUN]
+                 for dst, dev in routes if pool.overlaps(dst) and dev != L.OGSTUN]
     where = ", ".join(f"{k} {v}" for k, v in lab.items())
     if problems:
         return Check("networks", "fail", "; ".join(problems[:3]) + (" …" if len(problems) > 3 else ""),

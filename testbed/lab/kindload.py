@@ -11,13 +11,12 @@ fall back to the workaround when the failure is that one.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import tempfile
 from collections.abc import Callable
 
-from testbed.lab.doctor import uses_containerd_store
+from testbed.lab.doctor import Host, uses_containerd_store
 
 Run = Callable[[list[str]], tuple[int, str]]
 KIND_3795 = ("content digest", "not found")
@@ -48,14 +47,7 @@ def docker_platform(run: Run = _run) -> str:
 
 
 def containerd_store(run: Run = _run) -> bool:
-    rc, out = run(["docker", "info", "--format", "{{json .}}"])
-    if rc != 0:
-        return False
-    try:
-        info = json.loads(out.splitlines()[0])
-    except (json.JSONDecodeError, IndexError):
-        return False
-    return isinstance(info, dict) and uses_containerd_store(info)
+    return uses_containerd_store(Host(runner=lambda argv, _timeout: run(argv)).docker_info())
 
 
 def archive_commands(image: str, cluster: str, archive: str, platform: str) -> list[list[str]]:

@@ -221,8 +221,8 @@ def up_plan(versions: dict[str, str], subs: list[Subscriber], *, k8s: bool = Tru
             # the base file alone, so this step means the same on a first run and on a re-run; the
             # tap file adds services only and never changes `upf`, whose config hash Compose compares
             # to decide on recreating it (docker/compose pkg/compose/convergence.go mustRecreate)
-            Step("5G core, RAN, UEs and DN", [*base, "up", "-d", "--remove-orphans"] if not k8s
-                 else [*base, "up", "-d"]),
+            # no --remove-orphans with the tap: it would remove the running tap services
+            Step("5G core, RAN, UEs and DN", [*base, "up", "-d", *([] if k8s else ["--remove-orphans"])]),
             Step(f"wait until the {len(subs)} UE(s) have a PDU session", [*base, "ps", "--format", "json"],
                  poll=float(timeout), until=lambda out: ues_healthy(out, subs)),
         ]
@@ -254,7 +254,7 @@ def kind_load_step(title: str, image: str) -> Step:
     return Step(title, action=load, show=kindload.describe(image, L.CLUSTER))
 
 
-def data_path_probe(sub: Subscriber) -> list[str]:
+def data_path_probe() -> list[str]:
     """A request from the UE, out of its PDU session (uesimtun0), to the DN's main application."""
     return ["curl", "-sS", "--fail", "--max-time", "3", "--interface", "uesimtun0", "-o", "/dev/null",
             "-w", "%{http_code}", f"http://{L.ADDR['app']['n6']}:{L.APP_PORT}/healthz"]
@@ -264,7 +264,7 @@ def data_path_step(sub: Subscriber, *, timeout: int) -> Step:
     """Proves the user plane, not only an address: UE -> gNB -> N3 -> UPF -> N6 -> app, answered."""
     ue = f"ue{sub.n}"
     return Step(f"{ue} ({sub.ip}) reaches the main application through the UPF",
-                [*compose_cmd(with_tap=False), "exec", "-T", ue, *data_path_probe(sub)],
+                [*compose_cmd(with_tap=False), "exec", "-T", ue, *data_path_probe()],
                 poll=float(timeout), until=lambda out: out.strip() == "200")
 
 

@@ -159,7 +159,7 @@ def test_ueransim_services_run_image_binaries_instead_of_its_entrypoint() -> Non
 def test_commands_the_lab_runs_inside_ue_containers_are_installed() -> None:
     """`testbed lab` runs curl and dig inside ueN (testbed/lab/plan.py); gradiant/ueransim:3.2.6 installs
     curl and bind9-dnsutils (Gradiant/5g-images acf94d20 images/ueransim/Dockerfile)."""
-    argvs = [plan.data_path_probe(SUBS[0])]
+    argvs = [plan.data_path_probe()]
     for step in plan.smoke_plan(SUBS[0]):
         if step.argv and "exec" in step.argv:
             i = step.argv.index("exec")

@@ -246,7 +246,7 @@ def ue_and_dn() -> Iterator[tuple[list[str], str]]:
 def test_the_probe_is_answered_only_through_uesimtun0(ue_and_dn: tuple[list[str], str]) -> None:
     """The gate's own command line, run with real curl against the real main application."""
     ns, _ = ue_and_dn
-    probe = plan.data_path_probe(SUBS[0])
+    probe = plan.data_path_probe()
     out = ""
     for _ in range(50):          # the app takes a moment to listen
         p = subprocess.run([*ns, *probe], capture_output=True, text=True, timeout=10)
