@@ -5,6 +5,7 @@
     testbed broker --manifests DIR    the local Knative-compatible Broker and functions
     testbed scenario run FILE         a scenario against sim or lab
     testbed lab up|down|status|smoke  the Docker Compose + kind + Knative lab
+    testbed corpus tunnel|build|score real captures as N3, the tap scored against tshark
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ PARTS: tuple[tuple[str, str, str, str], ...] = (
     ("broker", "testbed.broker.cli", "add_broker_parser", "run_broker"),
     ("scenario", "testbed.scenario", "add_scenario_parser", "run_scenario"),
     ("lab", "testbed.lab.cli", "add_lab_parser", "run_lab"),
+    ("corpus", "testbed.corpus.cli", "add_corpus_parser", "run_corpus"),
 )
 
 

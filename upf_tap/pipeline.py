@@ -61,7 +61,7 @@ from upf_tap.constants import (
 from upf_tap.decode.gtpu import BAD_REASONS, GtpuContext, parse_gtpu
 from upf_tap.decode.ip import FragmentReassembler, IPLayer, ip_str
 from upf_tap.decode.link import LINKTYPE_ETHERNET, ip_offset
-from upf_tap.dissect import IP_PROTOS, UDP_PORTS, Dissector, Malformed
+from upf_tap.dissect import IP_PROTOS, Dissector, Malformed, datagram_dissector
 from upf_tap.events import AppEvent, identify, make_event
 from upf_tap.flows import Flow, FlowTable, UeSide
 from upf_tap.tcp_stream import StreamDirection, closes
@@ -311,11 +311,12 @@ class Tap:
             self.stats["udp.truncated"] += 1
             return
         sport, dport = _ports(data, l4)
-        d = UDP_PORTS.get(dport)  # a sender to a dissector's port is the client
+        payload = data[l4 + 8 : end]
+        d = datagram_dissector(sport, dport, payload)  # a sender to a dissector's port is the client
         flow, idx = self._flow_for(ts_ns, self.udp_flows, IPPROTO_UDP, src + dst + data[l4 : l4 + 4], data, l4,
                                    end, src, dst, sport, dport, tun, None if d is None else True)
         if d is not None:
-            self._datagram(d, ts_ns, flow, idx, tun, data[l4 + 8 : end])
+            self._datagram(d, ts_ns, flow, idx, tun, payload)
 
     def _datagram(self, d: Dissector, ts_ns: int, flow: Flow, idx: int, tun: GtpuContext | None,
                   payload: bytes) -> None:

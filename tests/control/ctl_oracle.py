@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import shutil
 
+from testbed.corpus import tshark
 from tests.conftest import CAPTURES
-from tests.support import tshark
 
 TSHARK = shutil.which("tshark")
 NULL_DECIPHER = ("-o", "nas-5gs.null_decipher:TRUE")

@@ -87,8 +87,15 @@ def test_tcp_length_too_small() -> None:
 
 
 def test_looks_like() -> None:
+    """The datagram sniffer takes the header shapes tshark's DNS heuristic takes (checked against
+    tshark on real DNS to other ports in tests/corpus); the stream sniffer takes queries only."""
     m = q("a.example")
     assert looks_like_datagram(m)
-    assert not looks_like_datagram(bytes(DNS(qr=1, qd=[DNSQR(qname="a.example")])))
+    assert looks_like_datagram(bytes(DNS(qr=1, qd=[DNSQR(qname="a.example")])))  # a response, too
+    assert not looks_like_datagram(bytes(DNS(qd=[DNSQR(qname="a"), DNSQR(qname="b")])))  # a query asks one
+    assert not looks_like_datagram(bytes(DNS(opcode=5, qd=[DNSQR(qname="a.example")])))  # UPDATE
+    assert not looks_like_datagram(bytes(DNS(qd=[], an=[])))  # nothing asked or answered
+    assert not looks_like_datagram(m[:12])
+    assert not looks_like_datagram(m[:12] + b"\x00")  # no room for the question
     assert looks_like(struct.pack("!H", len(m)) + m)
     assert not looks_like(b"GET / HTTP/1.1\r\n")

@@ -158,7 +158,7 @@ def test_tls_hello_body_mutated(data: st.DataObject) -> None:
 
 
 @pytest.mark.parametrize("fn", [http.looks_like, tls.looks_like, mqtt.looks_like, dns.looks_like,
-                                dns.looks_like_datagram, coap.looks_like, quic.looks_like])
+                                dns.looks_like_datagram, coap.looks_like, quic.looks_like_datagram, quic.claims_datagram])
 @FUZZ
 @given(data=st.binary(max_size=64))
 def test_looks_like_never_raises(fn: Callable[[bytes], bool], data: bytes) -> None:

@@ -16,7 +16,15 @@ from dissect_testlib import (
 )
 
 from upf_tap.dissect import Malformed
-from upf_tap.dissect.quic import V2, QuicInitialAssembler, client_initial_keys, dissect_datagram, looks_like
+from upf_tap.dissect.quic import (
+    V2,
+    QuicInitialAssembler,
+    claims_datagram,
+    client_initial_keys,
+    dissect_datagram,
+    looks_like_datagram,
+    version_spec,
+)
 
 DCID = bytes.fromhex("c0ffee0102030405")
 HELLO = client_hello("video.mec.local", ["h3"], [0x0304])
@@ -33,7 +41,7 @@ def test_rfc9001_a1_keys() -> None:
 
 def test_rfc9001_a2_client_initial() -> None:
     pkt = rfc9001_a2_packet()
-    assert len(pkt) == 1200 and looks_like(pkt)
+    assert len(pkt) == 1200 and looks_like_datagram(pkt)
     assert dissect_datagram(pkt) == [
         ("quic.initial", {"sni": "example.com", "alpn": ["alpn"], "tls_version": "TLS 1.3", "version": "1"})
     ]
@@ -113,8 +121,21 @@ def test_not_quic_or_not_initial() -> None:
     assert dissect_datagram(b"\x40" + bytes(100)) == []          # short header
     assert dissect_datagram(b"\xc0\x00\x00\x00\x00\x08" + bytes(30)) == []  # version negotiation
     assert dissect_datagram(b"\xc0Q050\x08" + bytes(60)) == []   # gQUIC: a version we don't read
-    assert not looks_like(b"\x40" + bytes(100))
-    assert not looks_like(bytes(DCID))
+    assert not looks_like_datagram(b"\x40" + bytes(100))
+    assert not looks_like_datagram(bytes(DCID))
+    assert not claims_datagram(b"\x40" + bytes(100)) and not claims_datagram(b"\xc0Q050\x08" + bytes(60))
+    assert claims_datagram(b"\xc0\x00\x00\x00\x00\x08" + bytes(30))  # version negotiation stays QUIC's
+
+
+def test_version_salts() -> None:
+    """Each version family opens with its own salt (RFC 9001, RFC 9369, the drafts, Google's T05x);
+    the corpus test shows tshark opening the same captures."""
+    assert version_spec(1)[0].hex() == "38762cf7f55934b34d179ae6a4c80cadccbb7f0a"
+    assert version_spec(0xFF00001D)[0] == version_spec(0xFF000020)[0] == version_spec(0x1A2A3A4A)[0]
+    assert version_spec(0xFF000017)[0] == version_spec(0xFF00001C)[0] == version_spec(0xFACEB002)[0]
+    assert version_spec(0xFF000016)[0] == version_spec(0xFACEB001)[0]
+    assert version_spec(V2)[1] == b"quicv2 " and version_spec(V2)[2] == 1
+    assert version_spec(0x51303530) is None and version_spec(0xFF000010) is None  # gQUIC Q050, draft-16
 
 
 @pytest.mark.parametrize("bad", [

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from testbed.corpus import tshark as oracle
 from testbed.sim.lab import SimLab, SimLabError
 from testbed.sim.topology import MQTT_IP, SHOP_IP, UE_MTU, UPF_N3_IP, UPF_N4_IP, lab_netns, teardown_lab
-from tests.support import tshark as oracle
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")]
 

@@ -13,9 +13,9 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
+from testbed.corpus import tshark
 from testbed.sim import gtpu, pfcp
 from testbed.sim.upf import Upf
-from tests.support import tshark
 from upf_tap.constants import GTPU_PORT, PFCP_PORT
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")

@@ -35,6 +35,10 @@ dpkt). Each module declares, at its top, what it reads:
 * ``UDP_PORTS``: server ports whose datagrams it reads (a sender to one is the client);
 * ``SNIFF = True``: its ``looks_like(first bytes)`` is also tried on a stream whose port
   no dissector claims (in :data:`REGISTERED` order);
+* ``UDP_SNIFF = True``: its ``looks_like_datagram(payload)`` is tried on each datagram to a
+  port no dissector claims, or that its port's dissector does not claim (a dissector with
+  ``claims_datagram(payload)`` reads only what that accepts on its ports): tshark's UDP
+  heuristics, which find DNS and QUIC on any port;
 * ``IP_PROTOS``: IP protocol numbers whose payload it reads (ICMP and ICMPv6, whose flows
   the pipeline keys by echo identifier; another IP protocol needs its layer there too).
 
@@ -80,7 +84,8 @@ REGISTERED = (
 class Dissector:
     """One registered dissector: what the tap calls, read once from its module."""
 
-    __slots__ = ("datagram", "ip", "looks_like", "name", "new_state", "stream")
+    __slots__ = ("claims_datagram", "datagram", "ip", "looks_like", "looks_like_datagram", "name", "new_state",
+                 "stream")
 
     def __init__(self, name: str, mod: Any) -> None:
         self.name: str = name  # counters are "<name>.malformed"
@@ -89,6 +94,8 @@ class Dissector:
         self.new_state: Callable[[], DatagramState] | None = getattr(mod, "datagram_state", None)
         self.ip: Callable[[int, bytes], Found] | None = getattr(mod, "dissect_ip", None)
         self.looks_like: Callable[[bytes], bool] | None = getattr(mod, "looks_like", None)
+        self.looks_like_datagram: Callable[[bytes], bool] | None = getattr(mod, "looks_like_datagram", None)
+        self.claims_datagram: Callable[[bytes], bool] | None = getattr(mod, "claims_datagram", None)
 
     def __repr__(self) -> str:
         return f"Dissector({self.name!r})"
@@ -101,11 +108,13 @@ def _claim(table: dict[int, Dissector], keys: Any, d: Dissector, what: str) -> N
         table[k] = d
 
 
-def _build() -> tuple[dict[int, Dissector], dict[int, Dissector], dict[int, Dissector], tuple[Dissector, ...]]:
+def _build() -> tuple[dict[int, Dissector], dict[int, Dissector], dict[int, Dissector], tuple[Dissector, ...],
+                      tuple[Dissector, ...]]:
     tcp: dict[int, Dissector] = {}
     udp: dict[int, Dissector] = {}
     ip: dict[int, Dissector] = {}
     sniffers: list[Dissector] = []
+    udp_sniffers: list[Dissector] = []
     for name in REGISTERED:
         mod = import_module(f"{__name__}.{name}")
         d = Dissector(name, mod)
@@ -114,13 +123,34 @@ def _build() -> tuple[dict[int, Dissector], dict[int, Dissector], dict[int, Diss
         _claim(ip, getattr(mod, "IP_PROTOS", ()), d, "IP protocol")
         if getattr(mod, "SNIFF", False):
             sniffers.append(d)
-    return tcp, udp, ip, tuple(sniffers)
+        if getattr(mod, "UDP_SNIFF", False):
+            udp_sniffers.append(d)
+    return tcp, udp, ip, tuple(sniffers), tuple(udp_sniffers)
 
 
 # TCP server port -> stream dissector; UDP server port -> datagram dissector; IP protocol ->
-# dissector; the stream sniffers in order. Built here, after Malformed and Found exist: the
-# dissector modules import them from this package.
-TCP_PORTS, UDP_PORTS, IP_PROTOS, SNIFFERS = _build()
+# dissector; the stream and datagram sniffers in order. Built here, after Malformed and Found
+# exist: the dissector modules import them from this package.
+TCP_PORTS, UDP_PORTS, IP_PROTOS, SNIFFERS, UDP_SNIFFERS = _build()
+
+
+# UDP ports of protocols no dissector here reads, whose messages the sniffers would take for
+# theirs: NetBIOS Name Service (RFC 1002) is DNS-shaped, and tshark decodes port 137 as NBNS.
+NOT_SNIFFED_UDP_PORTS = frozenset({137})
+
+
+def datagram_dissector(sport: int, dport: int, payload: bytes) -> Dissector | None:
+    """The dissector of one UDP datagram: its port's, unless that one does not claim it; else
+    the first sniffer that recognises it."""
+    d = UDP_PORTS.get(dport)
+    if d is not None and (d.claims_datagram is None or d.claims_datagram(payload)):
+        return d
+    if dport in NOT_SNIFFED_UDP_PORTS or sport in NOT_SNIFFED_UDP_PORTS:
+        return None
+    for s in UDP_SNIFFERS:
+        if s.looks_like_datagram is not None and s.looks_like_datagram(payload):
+            return s
+    return None
 
 
 def stream_dissector(dport: int, first: bytes) -> Dissector | None:

@@ -14,8 +14,18 @@ from upf_tap.dissect import AppFields, Found, Malformed
 
 KIND = "dns.query"
 
-# registration (upf_tap.dissect): datagrams and streams to port 53
-UDP_PORTS = TCP_PORTS = frozenset({53})
+# registration (upf_tap.dissect): DNS, multicast DNS (RFC 6762) and LLMNR (RFC 4795) share
+# the message format, and tshark shows all three as dns.*; datagrams on other ports are
+# recognised by their header (UDP_SNIFF), as tshark's DNS heuristic does
+UDP_PORTS = frozenset({53, 5353, 5355})
+TCP_PORTS = frozenset({53, 5353})
+UDP_SNIFF = True
+# the header shape tshark's DNS heuristic accepts (Wireshark's dissect_dns_heur): standard
+# opcode; a query has one question and no answers or authorities; a response at most one
+# question, 100 answers and 10 authorities; at most 10 additionals; room for the records
+SNIFF_MAX_ANSWERS = 100
+SNIFF_MAX_AUTHORITIES = 10
+SNIFF_MAX_ADDITIONALS = 10
 
 HEADER_LEN = 12
 MAX_NAME = 255            # RFC 1035 §2.3.4, in wire octets
@@ -106,12 +116,28 @@ def _message(msg: bytes, transport: str) -> Found:
     return found
 
 
-def looks_like_datagram(data: bytes) -> bool:
-    """Cheap test for a DNS query datagram (header shape only)."""
+def _query_header(data: bytes) -> bool:
+    """Cheap test for the header of a DNS query."""
     if len(data) < HEADER_LEN + 5:
         return False
     _, flags, qd, an, ns, _ = _header(data, 0)
     return not flags & 0xF800 and 1 <= qd <= 4 and an == 0 and ns == 0
+
+
+def looks_like_datagram(data: bytes) -> bool:
+    """A DNS message on a port that is not DNS's, by the header shape tshark's heuristic accepts."""
+    n = len(data)
+    if n <= HEADER_LEN:
+        return False
+    _, flags, qd, an, ns, ar = _header(data, 0)
+    if flags & 0x7800:
+        return False
+    if flags & 0x8000:
+        if qd > 1 or an > SNIFF_MAX_ANSWERS or ns > SNIFF_MAX_AUTHORITIES:
+            return False
+    elif qd != 1 or an or ns:
+        return False
+    return ar <= SNIFF_MAX_ADDITIONALS and qd + an > 0 and qd * 6 + (an + ns + ar) * 11 <= n - HEADER_LEN
 
 
 def looks_like(buf: bytes) -> bool:
@@ -123,7 +149,7 @@ def looks_like(buf: bytes) -> bool:
         return False
     if len(buf) < 2 + HEADER_LEN:
         return True
-    return looks_like_datagram(buf[2 : 2 + HEADER_LEN + 5])
+    return _query_header(buf[2 : 2 + HEADER_LEN + 5])
 
 
 def dissect_datagram(data: bytes) -> Found:

@@ -31,21 +31,58 @@ if TYPE_CHECKING:
 
 KIND = "quic.initial"
 
-# registration (upf_tap.dissect): datagrams to these server ports, through datagram_state()
+# registration (upf_tap.dissect): datagrams to these server ports, through datagram_state();
+# on any other port, a long-header Initial of a version it can open (tshark's QUIC heuristic)
 UDP_PORTS = frozenset({443, 8443, 4433})
+UDP_SNIFF = True
 
 V1 = 0x00000001
 V2 = 0x6B3343CF            # RFC 9369
 DRAFT29 = 0xFF00001D
 
-# version -> (initial salt, HKDF label prefix, long-header type of Initial, name)
-_VERSIONS: dict[int, tuple[bytes, bytes, int, str]] = {
-    V1: (bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"), b"quic ", 0, "1"),
-    V2: (bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"), b"quicv2 ", 1, "2"),
-    DRAFT29: (bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899"), b"quic ", 0, "draft-29"),
-}
-# long-header packet types that carry a Length field, per version (Retry has none)
-_RETRY_TYPE = {V1: 3, V2: 0, DRAFT29: 3}
+# Initial salts (RFC 9001 §5.2, RFC 9369 §3.3.1, and the drafts and Google's T05x that
+# tshark also opens); a version's draft number picks one, as in Wireshark and nDPI.
+SALT_DRAFT22 = bytes.fromhex("7fbcdb0e7c66bbe9193a96cd21519ebd7a02644a")
+SALT_DRAFT23 = bytes.fromhex("c3eef712c72ebb5a11a7d2432bb46365bef9f502")  # drafts 23-28
+SALT_DRAFT29 = bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899")  # drafts 29-32
+SALT_V1 = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")       # drafts 33-34, v1
+SALT_V2 = bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9")
+SALT_T050 = bytes.fromhex("7ff579e5acd072915580304c43a2367c60488310")
+SALT_T051 = bytes.fromhex("7a4edef4e7ccee5fa4506c19124fc8ccda6e033d")
+MVFST = {0xFACEB001: 22, 0xFACEB002: 27, 0xFACEB00E: 27}  # Facebook's mvfst drafts (number each follows)
+T050, T051 = 0x54303530, 0x54303531
+
+# (initial salt, HKDF label prefix, long-header type of Initial, long-header type of Retry, name)
+VersionSpec = tuple[bytes, bytes, int, int, str]
+
+
+@lru_cache(maxsize=64)
+def version_spec(version: int) -> VersionSpec | None:
+    """How to open a version's client Initials, or None for one without TLS (gQUIC) or unknown."""
+    if version == V2:
+        return SALT_V2, b"quicv2 ", 1, 0, "2"
+    if version == T050:
+        return SALT_T050, b"quic ", 0, 3, "T050"
+    if version == T051:
+        return SALT_T051, b"quic ", 0, 3, "T051"
+    if version == V1:
+        draft, name = 34, "1"
+    elif version >> 8 == 0xFF0000:
+        draft = version & 0xFF
+        name = f"draft-{draft}"
+    elif version in MVFST:
+        draft, name = MVFST[version], f"mvfst-{version & 0xFF:x}"
+    elif version & 0x0F0F0F0F == 0x0A0A0A0A:
+        # reserved to force version negotiation (RFC 9000 §15): no real version, yet clients
+        # protect such Initials with the draft-29 salt, and tshark opens them so
+        draft, name = 29, f"0x{version:08x}"
+    else:
+        return None
+    if draft < 22 or draft > 34:
+        return None
+    salt = SALT_DRAFT22 if draft == 22 else SALT_DRAFT23 if draft <= 28 else SALT_DRAFT29 if draft <= 32 else SALT_V1
+    return salt, b"quic ", 0, 3, name
+
 
 MAX_CID = 20
 SAMPLE_LEN = 16
@@ -99,7 +136,9 @@ def client_initial_keys(dcid: bytes, version: int = V1) -> tuple[bytes, bytes, b
     import hashlib
     import hmac
 
-    salt, prefix, _, _ = _VERSIONS[version]
+    spec = version_spec(version)
+    assert spec is not None, f"no Initial keys for QUIC version 0x{version:08x}"
+    salt, prefix = spec[0], spec[1]
     initial_secret = hmac.new(salt, dcid, hashlib.sha256).digest()  # HKDF-Extract
     client_secret = _expand_label(initial_secret, b"client in", 32)
     return (
@@ -127,13 +166,23 @@ def _hp_mask(hp: bytes, sample: bytes) -> bytes:
     return _hp_cipher(hp).encryptor().update(sample)
 
 
-def looks_like(data: bytes) -> bool:
+def looks_like_datagram(data: bytes) -> bool:
     """True if the datagram starts with a long-header Initial of a known QUIC version."""
     if len(data) < 7 or (data[0] & 0xC0) != 0xC0:
         return False
     (version,) = _u32(data, 1)
-    spec = _VERSIONS.get(version)
+    spec = version_spec(version)
     return spec is not None and ((data[0] >> 4) & 3) == spec[2]
+
+
+def claims_datagram(data: bytes) -> bool:
+    """On a QUIC port, whether a datagram is QUIC's to read: a long header of a version it knows
+    (or Version Negotiation). Anything else there (a short header, gQUIC, DNS to port 443 as
+    DNSCrypt sends it) is offered to the UDP sniffers."""
+    if len(data) < 7 or not data[0] & 0x80:
+        return False
+    (version,) = _u32(data, 1)
+    return version == 0 or version_spec(version) is not None
 
 
 def _open_initial(pkt: bytes, pn_offset: int, end: int, key_dcid: bytes, version: int) -> bytes | None:
@@ -209,7 +258,7 @@ def _initials(data: bytes) -> list[tuple[int, bytes, bytes, int, int]]:
         (version,) = _u32(data, p + 1)
         if version == 0:
             break  # Version Negotiation (server-sent)
-        spec = _VERSIONS.get(version)
+        spec = version_spec(version)
         if spec is None or not first & 0x40:
             break  # a version we can't read (gQUIC, drafts), or a greased fixed bit
         q = p + 5
@@ -223,7 +272,7 @@ def _initials(data: bytes) -> list[tuple[int, bytes, bytes, int, int]]:
         if scid_len > MAX_CID or q > n:
             raise Malformed("quic: bad source connection id")
         ptype = (first >> 4) & 3
-        if ptype == _RETRY_TYPE[version]:
+        if ptype == spec[3]:
             break
         if ptype == spec[2]:
             token_len, q = _varint(data, q)
@@ -266,7 +315,8 @@ def _hello_from(frags: list[tuple[int, bytes]]) -> tuple[AppFields | None, bool]
 
 def _event(app: AppFields, version: int) -> tuple[str, AppFields]:
     app["tls_version"] = app.pop("version")
-    app["version"] = _VERSIONS[version][3]
+    spec = version_spec(version)
+    app["version"] = spec[4] if spec else f"0x{version:08x}"
     app.pop("legacy_version", None)
     return KIND, app
 

@@ -1,4 +1,5 @@
-"""tshark as the independent oracle: one way to run it and read its fields.
+"""tshark as the independent oracle: one way to run it and read its fields (the corpus tools and
+the tests share it).
 
 `fields()` returns, per frame that matches the display filter, every occurrence of each
 requested field (``-E occurrence=a`` with an aggregator that never appears in a value).
