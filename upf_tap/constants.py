@@ -14,11 +14,15 @@ NGAP_PPID = 60
 
 # IP protocol numbers
 IPPROTO_ICMP = 1
+IPPROTO_IPIP = 4
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_IPV6 = 41
 IPPROTO_ICMPV6 = 58
 IPPROTO_SCTP = 132
+
+VXLAN_PORT = 4789         # RFC 7348: a tunnel inside the user's packet, decoded like IP in IP
+MAX_NESTED_TUNNELS = 4    # tunnels inside tunnels inside the user's packet, at most
 
 # TCP flags
 TCP_FIN = 0x01
@@ -47,6 +51,7 @@ DEFAULT_MAX_FRAGMENT_SETS = 4096      # IP reassembly buffers kept at once
 FRAGMENT_TIMEOUT = 30.0               # seconds (RFC 791 suggests up to 15 s to 2 min)
 LRU_TOUCH_NS = 1_000_000_000         # a flow's place in the LRU order is kept to this precision
 MAX_OOO_SEGMENTS = 64                 # out-of-order segments held per TCP direction
+RESNIFF_SEGMENTS = 4                  # uplink segments offered to the stream sniffers when no dissector reads on
 # UE address pools telling the UE end of a flow when the tunnel does not (--ue-pool replaces
 # them); the lab's SMF hands out addresses from the same pools
 UE_POOL_V4 = "10.45.0.0/16"

@@ -49,14 +49,19 @@ from upf_tap.constants import (
     GTPU_SUPPORTED_EXT_HEADERS,
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
+    IPPROTO_IPIP,
+    IPPROTO_IPV6,
     IPPROTO_SCTP,
     IPPROTO_TCP,
     IPPROTO_UDP,
+    MAX_NESTED_TUNNELS,
     PFCP_PORT,
+    RESNIFF_SEGMENTS,
     TCP_ACK,
     TCP_FIN,
     TCP_RST,
     TCP_SYN,
+    VXLAN_PORT,
 )
 from upf_tap.decode.gtpu import BAD_REASONS, GtpuContext, parse_gtpu
 from upf_tap.decode.ip import FragmentReassembler, IPLayer, ip_str
@@ -150,6 +155,8 @@ class Tap:
         self.next_hard_expiry = 0
         self.last_ns = 0
         self._seq = 0
+        self._nesting = 0  # tunnels inside the user's packet being decoded now
+        self._nesting_ue = ""  # and the UE of the outermost user packet, while they are
         self.control: ControlPlane | None = None
         if config.control_plane and config.identity_file:
             self.start_control()  # now: a bad identity file is an error before any packet
@@ -253,8 +260,44 @@ class Tap:
             self._udp(ts_ns, data, l4, end, src, dst, tun)
         elif proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
             self._icmp(ts_ns, data, l4, end, src, dst, proto, tun)
+        elif proto in (IPPROTO_IPIP, IPPROTO_IPV6):
+            self._nested(ts_ns, data, l4, end, tun, src, dst)  # IPv4 or IPv6 in IP (RFC 2003, RFC 4213)
         else:
             self.stats["inner.other_proto"] += 1
+
+    def _nested(self, ts_ns: int, data: bytes, off: int, end: int, tun: GtpuContext | None, src: bytes,
+                dst: bytes) -> None:
+        """A tunnel inside the user's packet (IP in IP, VXLAN): its inner packet is the user's too,
+        and its flows belong to the UE of the outermost user packet (``src``/``dst``)."""
+        if self._nesting >= MAX_NESTED_TUNNELS:
+            self.stats["inner.nested_too_deep"] += 1
+            return
+        if off >= end:
+            self.stats["inner.truncated"] += 1
+            return
+        self.stats["inner.nested"] += 1
+        outer = self._nesting_ue
+        if not outer:
+            ue_src = self.ue_side.is_src(src, dst, -1 if tun is None else tun[4], None)
+            self._nesting_ue = ip_str(src if ue_src else dst)
+        self._nesting += 1
+        try:
+            self._user_ip(ts_ns, data, off, end, data[off] >> 4, tun)
+        finally:
+            self._nesting -= 1
+            self._nesting_ue = outer
+
+    def _vxlan(self, ts_ns: int, data: bytes, off: int, end: int, tun: GtpuContext | None, src: bytes,
+               dst: bytes) -> None:
+        """VXLAN (RFC 7348): an 8-byte header, then an Ethernet frame."""
+        if end - off < 8 + 14 or not data[off] & 0x08:  # the I flag: a valid VNI
+            self.stats["vxlan.not_decoded"] += 1
+            return
+        _version, where = ip_offset(LINKTYPE_ETHERNET, data[off + 8 : end])
+        if isinstance(where, str):
+            self.stats[f"vxlan.{where}"] += 1
+            return
+        self._nested(ts_ns, data, off + 8 + where, end, tun, src, dst)
 
     def _flow_for(self, ts_ns: int, table: dict[bytes, tuple[Flow, int]], proto: int, key: bytes, data: bytes,
                   l4: int, end: int, src: bytes, dst: bytes, sport: int, dport: int, tun: GtpuContext | None,
@@ -266,6 +309,8 @@ class Tap:
             ue_is_src = self.ue_side.is_src(src, dst, -1 if tun is None else tun[4], client_is_src)
             flow = self.flows.open(table, key, rkey, PROTO_NAMES.get(proto, "other"),
                                    (ip_str(src), ip_str(dst), sport, dport), ue_is_src, ts_ns)
+            if self._nesting_ue:
+                flow.ue_ip = self._nesting_ue
             idx = 0
             self.stats["flows.created"] += 1
             if self.cfg.flows:
@@ -296,7 +341,7 @@ class Tap:
                                    dport, tun, client)
         sd = flow.streams[idx]
         if sd is None:
-            sd = flow.streams[idx] = StreamDirection()
+            sd = flow.streams[idx] = StreamDirection(RESNIFF_SEGMENTS if flow.direction(idx) == "ul" else 0)
         if not sd.done:
             for kind, app in sd.segment(flags, seq, data, l4 + hlen, end, dport, self.depth, self.stats):
                 self._emit(kind, ts_ns, flow, idx, tun, app)
@@ -311,6 +356,9 @@ class Tap:
             self.stats["udp.truncated"] += 1
             return
         sport, dport = _ports(data, l4)
+        if dport == VXLAN_PORT:
+            self._vxlan(ts_ns, data, l4 + 8, end, tun, src, dst)
+            return
         payload = data[l4 + 8 : end]
         d = datagram_dissector(sport, dport, payload)  # a sender to a dissector's port is the client
         flow, idx = self._flow_for(ts_ns, self.udp_flows, IPPROTO_UDP, src + dst + data[l4 : l4 + 4], data, l4,

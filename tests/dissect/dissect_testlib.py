@@ -7,6 +7,7 @@ checks both against the published values.
 
 from __future__ import annotations
 
+import collections
 import struct
 import subprocess
 from pathlib import Path
@@ -26,12 +27,17 @@ from scapy.layers.tls.handshake import TLSClientHello
 
 HERE = Path(__file__).resolve().parent
 RFC9001_DCID = bytes.fromhex("8394c8f03e515708")
+# initial salts by version: RFC 9001, RFC 9369, draft-ietf-quic-tls-29 (also what clients use
+# with a version-negotiation-forcing version), -23 (also Facebook's mvfst draft-27)
+_DRAFT29 = bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899")
+_DRAFT23 = bytes.fromhex("c3eef712c72ebb5a11a7d2432bb46365bef9f502")
 SALTS = {
     1: bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"),
     0x6B3343CF: bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"),
+    0xFF00001D: _DRAFT29, 0x0A0A0A0A: _DRAFT29, 0xFF000018: _DRAFT23, 0xFACEB002: _DRAFT23,
 }
-PREFIX = {1: b"quic ", 0x6B3343CF: b"quicv2 "}
-INITIAL_TYPE = {1: 0, 0x6B3343CF: 1}
+PREFIX = collections.defaultdict(lambda: b"quic ", {0x6B3343CF: b"quicv2 "})
+INITIAL_TYPE = collections.defaultdict(int, {0x6B3343CF: 1})
 
 
 def rfc9001_a2_packet() -> bytes:

@@ -122,17 +122,38 @@ def test_gtpu_signalling_is_counted_not_decoded(tmp_path: Path) -> None:
     assert all(e["ue"]["qfi"] == 1 for e in pings)
 
 
-def test_stream_depth_caps_inspection(tmp_path: Path) -> None:
+def test_stream_depth_bounds_each_message_not_the_stream(tmp_path: Path) -> None:
+    """The depth bounds the bytes held for one message: a body is skipped, not held, so the
+    request after a 5000-byte upload is read even with a 2 KiB depth (as tshark reads it); a
+    request head longer than the depth ends the direction, counted."""
     body = b"x" * 5000
     first = (b"POST /upload HTTP/1.1\r\nHost: a.mec.local\r\nContent-Length: 5000\r\n\r\n" + body)
-    second = gen.http_get("a.mec.local", "/after-depth")
+    second = gen.http_get("a.mec.local", "/after-body")
     data = first + second
     path = gen.write(tmp_path / "depth.pcap",
                      gen.tcp_session(UE, gen.APP, 40003, 80, gen.split(data, [1400] * 4), teid=15))
-    shallow, _ = decode(path, stream_depth=2048)
+    shallow, stats = decode(path, stream_depth=2048)
+    assert [e["app"]["path"] for e in shallow if e["kind"] == "http.request"] == ["/upload", "/after-body"]
+    assert not stats.get("tcp.depth_reached")
+    long_head = gen.http_get("a.mec.local", "/long", "X-Pad: " + "p" * 3000 + "\r\n")
+    after = gen.http_get("a.mec.local", "/after-long")
+    path = gen.write(tmp_path / "long.pcap", gen.tcp_session(UE, gen.APP, 40004, 80,
+                                                              gen.split(second + long_head + after, [1400] * 4),
+                                                              teid=15))
+    shallow, stats = decode(path, stream_depth=2048)
+    assert [e["app"]["path"] for e in shallow if e["kind"] == "http.request"] == ["/after-body"]
+    assert stats["tcp.depth_reached"] == 1
     deep, _ = decode(path, stream_depth=16384)
-    assert [e["app"]["path"] for e in shallow if e["kind"] == "http.request"] == ["/upload"]
-    assert [e["app"]["path"] for e in deep if e["kind"] == "http.request"] == ["/upload", "/after-depth"]
+    assert [e["app"]["path"] for e in deep if e["kind"] == "http.request"] == ["/after-body", "/long", "/after-long"]
+
+
+def test_many_requests_on_one_connection(tmp_path: Path) -> None:
+    """A keep-alive connection's requests past the first 16 KiB are read (the window slides)."""
+    reqs = [gen.http_get("k.mec.local", f"/r{i}", "X-Pad: " + "q" * 900 + "\r\n") for i in range(40)]
+    path = gen.write(tmp_path / "keepalive.pcap",
+                     gen.tcp_session(UE, gen.APP, 40005, 80, gen.split(b"".join(reqs), [1400] * 40), teid=15))
+    events, _ = decode(path)
+    assert [e["app"]["path"] for e in events if e["kind"] == "http.request"] == [f"/r{i}" for i in range(40)]
 
 
 def test_n6_point_uses_ue_pool(tmp_path: Path) -> None:

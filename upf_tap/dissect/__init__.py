@@ -14,13 +14,15 @@ Plain functions over bytes, no per-packet objects, in these shapes:
 
 * stream dissectors (``http``, ``tls``, ``mqtt``, ``dns`` over TCP)::
 
-      dissect_stream(buf: bytes, pos: int) -> tuple[list[tuple[str, dict]], int, bool]
+      dissect_stream(buf: bytes, pos: int) -> tuple[list[tuple[str, dict]], int, int]
 
   ``buf`` holds the in-order bytes of one TCP direction from the start of the stream
   (capped at the stream depth); ``pos`` is where unparsed bytes begin. Returns the
   events of every complete message from ``pos``, the new ``pos`` (the start of an
   incomplete message, to be retried when more bytes arrive) and ``done`` (True when
-  nothing more of interest can follow, e.g. after a TLS ClientHello).
+  nothing more of interest can follow, e.g. after a TLS ClientHello; :data:`HANDOFF` when
+  another protocol follows from ``pos``). Bytes before ``pos`` are dropped by the caller, so
+  ``pos`` may also lie beyond ``buf`` (a body to skip).
 
 * IP-protocol dissectors (``icmp``): ``dissect_ip(proto: int, data: bytes)``, the same
   answer for a whole transport payload of that IP protocol.
@@ -59,6 +61,11 @@ class Malformed(ValueError):
     """The bytes are not a well-formed message of this protocol."""
 
 
+# A stream dissector's ``done`` when what follows is another protocol (an HTTP CONNECT
+# tunnel): the stream's sniffers read on from its ``pos``.
+HANDOFF = 2
+
+
 if TYPE_CHECKING:  # types only: making a Protocol class costs start-up time
     from collections.abc import Callable
     from typing import Protocol
@@ -89,7 +96,7 @@ class Dissector:
 
     def __init__(self, name: str, mod: Any) -> None:
         self.name: str = name  # counters are "<name>.malformed"
-        self.stream: Callable[[bytes, int], tuple[Found, int, bool]] | None = getattr(mod, "dissect_stream", None)
+        self.stream: Callable[[bytes, int], tuple[Found, int, int]] | None = getattr(mod, "dissect_stream", None)
         self.datagram: Callable[[bytes], Found] | None = getattr(mod, "dissect_datagram", None)
         self.new_state: Callable[[], DatagramState] | None = getattr(mod, "datagram_state", None)
         self.ip: Callable[[int, bytes], Found] | None = getattr(mod, "dissect_ip", None)
@@ -156,8 +163,12 @@ def datagram_dissector(sport: int, dport: int, payload: bytes) -> Dissector | No
 def stream_dissector(dport: int, first: bytes) -> Dissector | None:
     """The dissector of a TCP direction: by the port its first payload goes to, else by its first bytes."""
     d = TCP_PORTS.get(dport)
-    if d is None:
-        for s in SNIFFERS:
-            if s.looks_like is not None and s.looks_like(first):
-                return s
-    return d
+    return d if d is not None else sniff_stream(first)
+
+
+def sniff_stream(first: bytes, besides: Dissector | None = None) -> Dissector | None:
+    """The first stream sniffer (other than ``besides``) that takes these first bytes."""
+    for s in SNIFFERS:
+        if s is not besides and s.looks_like is not None and s.looks_like(first):
+            return s
+    return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from upf_tap.dissect import AppFields, Found, Malformed
+from upf_tap.dissect import HANDOFF, AppFields, Found, Malformed
 
 KIND = "http.request"
 
@@ -193,7 +193,7 @@ def _resume_chunks(buf: bytes, p: int) -> str | None:
     return "chunk" if _CHUNK_LINE.match(buf, p, eol) else None
 
 
-def dissect_stream(buf: bytes, pos: int) -> tuple[Found, int, bool]:
+def dissect_stream(buf: bytes, pos: int) -> tuple[Found, int, int]:
     """Every complete request head from ``pos`` (see the module docstring for bodies).
 
     ``done`` is True after a CONNECT or an Upgrade request, and on an HTTP/2 preface.
@@ -237,9 +237,10 @@ def dissect_stream(buf: bytes, pos: int) -> tuple[Found, int, bool]:
             app["content_length"] = body_len
         found.append((KIND, app))
         p = end
-        if app["method"] == "CONNECT" or b"upgrade" in hdrs:
-            # a tunnel or a protocol switch (WebSocket, h2c): what follows is not HTTP/1
-            return found, p, True
+        if app["method"] == "CONNECT":
+            return found, p, HANDOFF  # a tunnel: TLS, most often, whose ClientHello tshark reads too
+        if b"upgrade" in hdrs:
+            return found, p, True  # a protocol switch (WebSocket, h2c): what follows is not HTTP/1
         if chunked:  # Transfer-Encoding wins over Content-Length (RFC 9112 §6.3)
             p, finished = _skip_chunks(buf, p)
             if not finished:
