@@ -287,6 +287,15 @@ class Tap:
             self._nesting -= 1
             self._nesting_ue = outer
 
+    def _inner_gtpu(self, ts_ns: int, data: bytes, off: int, end: int, tun: GtpuContext | None, src: bytes,
+                    dst: bytes) -> None:
+        """GTP-U inside the user's packet (a core behind a UE, a capture of one): its G-PDUs' packets."""
+        mtype, _teid, _qfi, _pdu, p, pend = parse_gtpu(data, off, end)
+        if mtype != GTPU_GPDU or pend <= p:
+            self.stats["inner.gtpu_not_decoded"] += 1
+            return
+        self._nested(ts_ns, data, p, pend, tun, src, dst)
+
     def _vxlan(self, ts_ns: int, data: bytes, off: int, end: int, tun: GtpuContext | None, src: bytes,
                dst: bytes) -> None:
         """VXLAN (RFC 7348): an 8-byte header, then an Ethernet frame."""
@@ -358,6 +367,9 @@ class Tap:
         sport, dport = _ports(data, l4)
         if dport == VXLAN_PORT:
             self._vxlan(ts_ns, data, l4 + 8, end, tun, src, dst)
+            return
+        if dport == GTPU_PORT or sport == GTPU_PORT:
+            self._inner_gtpu(ts_ns, data, l4 + 8, end, tun, src, dst)
             return
         payload = data[l4 + 8 : end]
         d = datagram_dissector(sport, dport, payload)  # a sender to a dissector's port is the client

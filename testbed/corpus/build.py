@@ -7,8 +7,8 @@ directory ``<root>/<owner>+<name>/repo``, read with ``git cat-file``, no work tr
 Nothing is committed to this project: the corpus lives in DIR, described by
 ``manifest.json`` (each capture's repository, commit, path and SHA-256, so that anyone can
 rebuild the same corpus) and holds, per capture, its N3 version (``n3/<name>.pcap``) and
-tshark's events in it (``oracle/<name>.json``, tagged with tshark's version: a different
-tshark recomputes them). ``all.pcap`` lays every capture end to end, an hour apart, for the
+tshark's events in it (``oracle/<name>.json``, tagged with tshark's version and the
+oracle's filter: a different one recomputes them). ``all.pcap`` lays every capture end to end, an hour apart, for the
 benchmark.
 """
 
@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from testbed.corpus.oracle import keys_from_json, keys_to_json, oracle_events, tshark_version
+from testbed.corpus.oracle import keys_from_json, keys_to_json, oracle_events, oracle_signature, tshark_version
 from testbed.corpus.tunnel import Tunneller, tunnel_file, write_pcap_header
 from upf_tap.capture.common import CaptureError
 
@@ -176,13 +176,14 @@ def load(out: Path) -> dict[str, Any]:
 
 
 def oracle_of(out: Path, name: str) -> Any:
-    """tshark's keys for one capture, from the cache if it was made by this tshark, else None."""
+    """tshark's keys for one capture, from the cache if it was made by this tshark with this
+    oracle's filter and fields, else None."""
     path = out / "oracle" / f"{name}.json"
     try:
         cached = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if cached.get("tshark") != tshark_version():
+    if cached.get("oracle") != oracle_signature():
         return None
     return keys_from_json(cached["events"])
 
@@ -194,11 +195,11 @@ def refresh_oracle(out: Path, manifest: dict[str, Any], progress: Progress | Non
     if not todo:
         return 0
     say(f"tshark on {len(todo)} captures ({tshark_version()}) ...")
-    version = tshark_version()
+    signature = oracle_signature()
 
     def one(name: str) -> None:
         keys = oracle_events(out / "n3" / f"{name}.pcap")
-        (out / "oracle" / f"{name}.json").write_text(json.dumps({"tshark": version, "events": keys_to_json(keys)}))
+        (out / "oracle" / f"{name}.json").write_text(json.dumps({"oracle": signature, "events": keys_to_json(keys)}))
 
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # tshark processes, not Python threads, do the work

@@ -25,10 +25,17 @@ KINDS = ("http.request", "dns.query", "sni")
 
 # One tshark pass for all three kinds. DNS questions are assigned to their message with
 # dns.count.queries, so a TCP segment holding a response and a query counts only the query.
+# (Frames tshark marks as retransmissions stay in: it so marks the late segment of an
+# out-of-order pair too, the one whose arrival completes a request.)
 ORACLE_FILTER = "gtp && (http.request || dns.flags.response == 0 || tls.handshake.type == 1)"
 ORACLE_FIELDS = ["http.request.method", "http.host", "http.request.uri", "dns.flags.response",
                  "dns.count.queries", "dns.qry.name", "dns.qry.type", "tls.handshake.type",
                  "tls.handshake.extensions_server_name", "tcp.srcport", "udp.srcport"]
+
+
+def oracle_signature() -> str:
+    """What a cached oracle must have been made with: this tshark, this filter and these fields."""
+    return f"{tshark_version()} | {ORACLE_FILTER} | {','.join(ORACLE_FIELDS)}"
 
 
 @lru_cache(maxsize=1)

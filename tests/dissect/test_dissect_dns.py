@@ -72,7 +72,7 @@ def test_tcp_stream_several_messages_split() -> None:
     b"\x00" * 5,
     struct.pack("!HHHHHH", 1, 0, 50, 0, 0, 0) + b"\x00\x00\x01\x00\x01",
     struct.pack("!HHHHHH", 1, 0, 1, 0, 0, 0) + b"\x05ab",
-    struct.pack("!HHHHHH", 1, 0, 1, 0, 0, 0) + b"\x41abc\x00\x00\x01\x00\x01",
+    struct.pack("!HHHHHH", 1, 0, 1, 0, 0, 0) + b"\x81abc\x00\x00\x01\x00\x01",  # reserved label type
     struct.pack("!HHHHHH", 1, 0, 1, 0, 0, 0) + b"\x00\x00\x01",
     struct.pack("!HHHHHH", 1, 0, 1, 0, 0, 0) + (b"\x3f" + b"a" * 63) * 5 + b"\x00\x00\x01\x00\x01",
 ])
@@ -84,6 +84,14 @@ def test_malformed(bad: bytes) -> None:
 def test_tcp_length_too_small() -> None:
     with pytest.raises(Malformed):
         dissect_stream(b"\x00\x03abc", 0)
+
+
+def test_extended_label_named_as_tshark_names_it() -> None:
+    """A label of type 0x40 ends the name, which tshark shows as "<Unknown extended label>"
+    (seen on the nDPI fuzz capture in tests/corpus), reading the type right after it."""
+    msg = struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + b"\x03sip\x4d" + struct.pack("!HH", 0x646B, 1)
+    assert dissect_datagram(msg) == [("dns.query", {"qname": "<Unknown extended label>", "qtype": 0x646B,
+                                                    "transport": "udp"})]
 
 
 def test_looks_like() -> None:

@@ -21,7 +21,22 @@ def test_fields_from_scapy_hello() -> None:
         "sni": "auth.iot.mec.local", "alpn": ["h2", "http/1.1"], "version": "TLS 1.3",
         "legacy_version": "TLS 1.2", "record_version": "TLS 1.0",
     })]
-    assert pos == len(buf) and done
+    assert pos == len(buf) and not done  # a second ClientHello may follow a HelloRetryRequest
+    assert dissect_stream(buf + b"\x14\x03\x03\x00\x01\x01" + b"\x17\x03\x03\x00\x02ok", pos) == \
+        ([], pos + 6, True)  # CCS, then encrypted: done
+
+
+def test_second_hello_after_hello_retry_request() -> None:
+    """TLS 1.3 (RFC 8446 §4.1.4): after a HelloRetryRequest the client sends a compatibility
+    CCS and a second ClientHello; tshark shows both hellos, and so does the tap."""
+    first, second = tls_records(client_hello("hrr.example")), tls_records(client_hello("hrr.example"))
+    ccs = b"\x14\x03\x03\x00\x01\x01"
+    buf = first + ccs + second + b"\x17\x03\x03\x00\x02ok"
+    found, pos, done = dissect_stream(buf, 0)
+    assert [a["sni"] for _, a in found] == ["hrr.example"] and pos == len(first) and not done
+    found, pos, done = dissect_stream(buf, pos)
+    assert [a["sni"] for _, a in found] == ["hrr.example"] and pos == len(first) + 6 + len(second) and not done
+    assert dissect_stream(buf, pos) == ([], pos, True)
 
 
 def test_tls12_hello_without_supported_versions_or_alpn() -> None:
@@ -36,8 +51,8 @@ def test_grease_versions_ignored() -> None:
 
 def test_handshake_fragmented_over_records_and_segments() -> None:
     hello = client_hello("frag.mec.local", ["h2"], [0x0304], pad_ext=3000)
-    buf = tls_records(hello, sizes=[1, 3, 700, 1200]) + b"\x14\x03\x03\x00\x01\x01"
-    end_of_hello = len(buf) - 6
+    buf = tls_records(hello, sizes=[1, 3, 700, 1200]) + b"\x14\x03\x03\x00\x01\x01" + b"\x17\x03\x03\x00\x02ok"
+    end_of_hello = len(buf) - 13
     expect = [("tls.client_hello", parse_client_hello(hello[4:]) | {"record_version": "TLS 1.0"})]
     assert expect[0][1]["sni"] == "frag.mec.local"
     for step in (1, 7, 100, 1399):
@@ -46,8 +61,8 @@ def test_handshake_fragmented_over_records_and_segments() -> None:
             cut = min(len(buf), cut + step)
             found, pos, done = dissect_stream(buf[:cut], pos)
             events += found
-            assert done or pos == 0
-        assert events == expect and pos == end_of_hello
+            assert done or pos in (0, end_of_hello, end_of_hello + 6)
+        assert events == expect and pos == end_of_hello + 6
         assert cut >= end_of_hello
 
 
@@ -60,7 +75,7 @@ def test_server_side_and_non_hello_streams_finish_quietly() -> None:
 
 def test_hello_without_sni_gives_nothing() -> None:
     buf = tls_records(client_hello(None, ["h2"]))
-    assert dissect_stream(buf, 0) == ([], len(buf), True)
+    assert dissect_stream(buf, 0) == ([], len(buf), False)
 
 
 def test_incomplete_waits() -> None:

@@ -28,6 +28,7 @@ SNIFF_MAX_AUTHORITIES = 10
 SNIFF_MAX_ADDITIONALS = 10
 
 HEADER_LEN = 12
+EXTENDED_LABEL = "<Unknown extended label>"  # tshark's dns.qry.name for a name with one
 MAX_NAME = 255            # RFC 1035 §2.3.4, in wire octets
 MAX_POINTERS = 64         # more hops than a 255-octet name can need: a loop
 _u16 = struct.Struct("!H").unpack_from
@@ -83,8 +84,12 @@ def read_name(msg: bytes, p: int) -> tuple[str, int]:
                 after = p + 2
             p = ((ln & 0x3F) << 8) | msg[p + 1]
             continue
+        if kind == 0x40:
+            # an extended label type (RFC 6891 §5; RFC 2673's binary labels are gone): tshark
+            # ends the name here and shows this placeholder for all of it; reported the same
+            return EXTENDED_LABEL, (after if after >= 0 else p + 1)
         if kind:
-            raise Malformed("dns: extended label type")
+            raise Malformed("dns: reserved label type 0x80")
         wire += ln + 1
         if wire > MAX_NAME:
             raise Malformed("dns: name longer than 255 octets")

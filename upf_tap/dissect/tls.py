@@ -188,11 +188,13 @@ def parse_client_hello(body: bytes) -> AppFields:
 
 
 def dissect_stream(buf: bytes, pos: int) -> tuple[Found, int, bool]:
-    """Find the ClientHello at the start of a TLS stream (see the package docstring).
+    """The ClientHellos at the start of a TLS stream (see the package docstring).
 
-    Returns ``([], pos, False)`` while incomplete; once the first handshake message is
-    whole, ``done`` is True: a ClientHello with a host_name SNI gives one
-    ``tls.client_hello`` event, anything else (a server's stream, no SNI) gives none.
+    Returns ``([], pos, False)`` while incomplete. A whole ClientHello with a host_name SNI
+    gives one ``tls.client_hello`` event, and reading goes on at the next record: after a
+    HelloRetryRequest the client sends a second ClientHello (after a ChangeCipherSpec, which
+    is skipped), as tshark shows too. Anything else (a server's stream, a ClientKeyExchange,
+    encrypted records) ends the stream: ``done``.
     """
     n = len(buf)
     p = pos
@@ -208,8 +210,14 @@ def dissect_stream(buf: bytes, pos: int) -> tuple[Found, int, bool]:
         if rmajor != 3 or rminor > 4 or rlen > MAX_RECORD:
             raise Malformed("tls: not a TLS record header")
         if ctype != CT_HANDSHAKE:
+            if ctype == CT_CHANGE_CIPHER_SPEC and not hs:
+                if p + 5 + rlen > n:
+                    return [], pos, False
+                p += 5 + rlen  # TLS 1.3's compatibility CCS before a second ClientHello
+                pos = p
+                continue
             if ctype in (CT_CHANGE_CIPHER_SPEC, CT_ALERT, CT_APPLICATION_DATA):
-                return [], p, True  # TLS, but not a stream opened by a ClientHello
+                return [], p, True  # encrypted from here, or not a stream opened by a ClientHello
             raise Malformed(f"tls: bad record content type {ctype}")
         if rlen == 0:
             raise Malformed("tls: empty handshake record")
@@ -230,8 +238,10 @@ def dissect_stream(buf: bytes, pos: int) -> tuple[Found, int, bool]:
                 raise Malformed("tls: ClientHello length beyond the limit")
         if need >= 0 and len(hs) >= need:
             break
+    if len(hs) > need:
+        return [], p, True  # another handshake message in the same record: not a retried hello
     app = parse_client_hello(bytes(hs[4:need]))
     if "sni" not in app:
-        return [], p, True
+        return [], p, False
     app["record_version"] = version_name(record_version)
-    return [(KIND, app)], p, True
+    return [(KIND, app)], p, False
