@@ -28,7 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from testbed.corpus.oracle import keys_from_json, keys_to_json, oracle_events, oracle_signature, tshark_version
+from testbed.corpus.oracle import (
+    keys_from_json,
+    keys_to_json,
+    oracle_events,
+    oracle_signature,
+    tshark_version,
+)
 from testbed.corpus.tunnel import Tunneller, tunnel_file, write_pcap_header
 from upf_tap.capture.common import CaptureError
 
