@@ -1,10 +1,12 @@
 """Benchmark: highest replay rate `upf-tap live` keeps up with, with zero kernel drops.
 
-    python bench/bench_live.py [--packets 300000] [--rates 50000,100000,150000,200000,0]
+    python bench/bench_live.py [--workload bulk|mixed] [--packets 300000] [--rates 50000,100000,150000,200000,0]
                                [--workers 1,2] [--ring-mb 64] [--loop 1] [--peer dumpcap|none]
 
-Generates bench/out/n3-live-<packets>.pcap with tests/support/n3_workload.py (typical N3: bulk
-TCP in GTP-U with a few thousand app events) unless it exists, makes a network
+Generates bench/out/n3-live-<packets>.pcap (--workload bulk, the default: mostly bulk TCP in
+GTP-U, one flow after another, a few hundred app events) or bench/out/n3-live-mixed-<packets>.pcap
+(--workload mixed: a real UPF's mix, many short DNS, TLS, QUIC and HTTP flows interleaved, ~10k
+app events in 300k packets) with tests/support/n3_workload.py unless it exists, makes a network
 namespace with a veth pair, and for 1 and 2 workers replays the capture into one end
 with tcpreplay at rising rates (`--pps R`; 0 means `--topspeed`) while `upf-tap live`
 captures on the other end. After each replay the tap is stopped with SIGINT (it
@@ -17,6 +19,7 @@ reference (its own "received/dropped" line). Needs root, tcpreplay (and dumpcap)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support.n3_workload import generate  # noqa: E402
+from tests.support.n3_workload import generate, generate_mixed  # noqa: E402
 
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable
 
@@ -212,17 +216,17 @@ def capacity(ns: Netns, pcap: Path, packets: int) -> tuple[float, float, float]:
                 while k := ring.drain_batches(sink):
                     n += k
             dt = time.perf_counter() - t0
-            k = ring.read_stats()
-            if k.drops or n < packets:
+            kstats = ring.read_stats()
+            if kstats.drops or n < packets:
                 raise SystemExit(f"bench: capacity run lost packets: {n} of {packets} decoded, "
-                                 f"{k.drops} dropped by the kernel (ring {mb} MiB)")
+                                 f"{kstats.drops} dropped by the kernel (ring {mb} MiB)")
             rates.append(n / dt)
         finally:
             ring.close()
     return rates[0], rates[1], rates[2]
 
 
-def series(label: str, rates: list[int], one: callable) -> list[Run]:  # type: ignore[valid-type]
+def series(label: str, rates: list[int], one: Callable[[int], Run]) -> list[Run]:
     out: list[Run] = []
     for rate in rates:
         r = one(rate)
@@ -242,6 +246,8 @@ def best(runs: list[Run]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", choices=("bulk", "mixed"), default="bulk",
+                    help="bulk: mostly bulk TCP (default); mixed: many short app flows interleaved, as at a real UPF")
     ap.add_argument("--packets", type=int, default=300_000, help="packets in the generated capture")
     ap.add_argument("--rates", default="50000,100000,150000,200000,0",
                     help="comma-separated packets/s to try in order; 0 = tcpreplay --topspeed")
@@ -267,13 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.peer == "dumpcap" and not shutil.which("dumpcap"):
         print("bench: dumpcap not found; running without the peer", file=sys.stderr)
         args.peer = "none"
-    pcap = HERE / "out" / f"n3-live-{args.packets}.pcap"
+    mixed = args.workload == "mixed"
+    pcap = HERE / "out" / f"n3-live-{'mixed-' if mixed else ''}{args.packets}.pcap"
     if not pcap.exists():
         pcap.parent.mkdir(parents=True, exist_ok=True)
-        counts = generate(pcap, args.packets, 200, 1)
+        tmp = pcap.with_suffix(".tmp")
+        counts = (generate_mixed if mixed else generate)(tmp, args.packets, 200, 1)
+        tmp.rename(pcap)
         print(f"generated {pcap}: {counts}", file=sys.stderr)
     avg = (pcap.stat().st_size - 24) / args.packets - 16
-    print(f"bench_live: {args.packets} packets x{args.loop} ({avg:.0f} bytes/frame on average), "
+    print(f"bench_live: {args.workload} workload, {args.packets} packets x{args.loop} ({avg:.0f} bytes/frame on average), "
           f"ring {args.ring_mb} MiB per worker, {os.cpu_count()} CPUs, kernel {os.uname().release}")
     ns = Netns()
     results: dict[str, list[Run]] = {}
@@ -285,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  load average before the rate series: {os.getloadavg()[0]:.2f}", flush=True)
         for w in workers:
             label = f"upf-tap {w} worker{'s' if w > 1 else ''}"
-            results[label] = series(label, rates,
-                                    lambda rate, w=w: run_tap(ns, pcap, rate, w, args.ring_mb, args.loop))
+            results[label] = series(label, rates, functools.partial(run_tap, ns, pcap, workers=w,
+                                                                    ring_mb=args.ring_mb, loop=args.loop))
         if args.peer == "dumpcap":
             results["dumpcap"] = series("dumpcap", rates, lambda rate: run_dumpcap(ns, pcap, rate, args.loop))
     finally:
@@ -297,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:<20} {best(runs)}")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "packets": args.packets, "capacity_ring_pps": round(ring_only), "capacity_decode_pps": round(decode),
+            "workload": args.workload, "packets": args.packets, "capacity_ring_pps": round(ring_only), "capacity_decode_pps": round(decode),
             "zero_drop_pps": {label: max((r.sent_pps for r in runs if r.clean), default=0)
                               for label, runs in results.items()}}, indent=2) + "\n")
     return 0

@@ -39,9 +39,25 @@ class Bench:
 
 
 def _tap_rows(r: dict[str, Any]) -> list[Row]:
-    return [("upf-tap read, packets/s (best)", f"{r['tap_pps_best']:,}", f"tshark {r['tshark_pps_best']:,}"),
-            ("  ratio to tshark (best / median)", f"{r['ratio_best']}x / {r['ratio_median']}x", "same run"),
-            ("  events equal to tshark's", str(r["events_equal"]), f"{r['app_events']} app events")]
+    rows: list[Row] = []
+    for name, w in r["workloads"].items():
+        if w.get("skipped"):
+            rows.append((f"upf-tap read on {name}: skipped", "-", w["skipped"]))
+            continue
+        tap = w["tools"].get("upf-tap")
+        peers = ", ".join(f"{p} {w['tools'][p]['pps_best']:,} ({x['best']:.2f}x)" for p, x in w["ratios"].items())
+        rows.append((f"upf-tap read on {name}, packets/s (best)", f"{tap['pps_best']:,}" if tap else "failed",
+                     peers or "no peer ran"))
+        for tool, same in w.get("workers_identical", {}).items():
+            rows.append((f"  {tool}, packets/s (best)", f"{w['tools'][tool]['pps_best']:,}",
+                         f"events identical to single-process: {same}"))
+        ev = w.get("events")
+        if ev:
+            a = ev["score"]["all"]
+            rows.append(("  events vs tshark's: equal" if ev["equal"] else "  events vs tshark's: recall / precision",
+                         str(ev["equal"]) if ev["equal"] else f"{a['recall']:.4f} / {a['precision']:.4f}",
+                         f"{ev['tshark']:,} app events, {w['packets']:,} packets"))
+    return rows
 
 
 def _detector_rows(r: dict[str, Any]) -> list[Row]:

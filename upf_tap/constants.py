@@ -18,10 +18,13 @@ IPPROTO_IPIP = 4
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_IPV6 = 41
+IPPROTO_GRE = 47
 IPPROTO_ICMPV6 = 58
 IPPROTO_SCTP = 132
 
 VXLAN_PORT = 4789         # RFC 7348: a tunnel inside the user's packet, decoded like IP in IP
+GRE_UDP_PORT = 4754       # RFC 8086: GRE in UDP, the same
+GENEVE_PORT = 6081        # RFC 8926: Geneve, the same
 MAX_NESTED_TUNNELS = 4    # tunnels inside tunnels inside the user's packet, at most
 
 # TCP flags

@@ -40,6 +40,8 @@ from upf_tap.constants import (
     DEFAULT_TAP_ID,
     DEFAULT_UE_POOLS,
     FRAGMENT_TIMEOUT,
+    GENEVE_PORT,
+    GRE_UDP_PORT,
     GTPU_ECHO_REQUEST,
     GTPU_ECHO_RESPONSE,
     GTPU_END_MARKER,
@@ -47,6 +49,7 @@ from upf_tap.constants import (
     GTPU_GPDU,
     GTPU_PORT,
     GTPU_SUPPORTED_EXT_HEADERS,
+    IPPROTO_GRE,
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
     IPPROTO_IPIP,
@@ -63,6 +66,7 @@ from upf_tap.constants import (
     TCP_SYN,
     VXLAN_PORT,
 )
+from upf_tap.decode import tunnels
 from upf_tap.decode.gtpu import BAD_REASONS, GtpuContext, parse_gtpu
 from upf_tap.decode.ip import FragmentReassembler, IPLayer, ip_str
 from upf_tap.decode.link import LINKTYPE_ETHERNET, ip_offset
@@ -262,6 +266,8 @@ class Tap:
             self._icmp(ts_ns, data, l4, end, src, dst, proto, tun)
         elif proto in (IPPROTO_IPIP, IPPROTO_IPV6):
             self._nested(ts_ns, data, l4, end, tun, src, dst)  # IPv4 or IPv6 in IP (RFC 2003, RFC 4213)
+        elif proto == IPPROTO_GRE:
+            self._tunnel(ts_ns, tunnels.gre(data, l4, end), data, end, tun, src, dst)
         else:
             self.stats["inner.other_proto"] += 1
 
@@ -296,17 +302,14 @@ class Tap:
             return
         self._nested(ts_ns, data, p, pend, tun, src, dst)
 
-    def _vxlan(self, ts_ns: int, data: bytes, off: int, end: int, tun: GtpuContext | None, src: bytes,
-               dst: bytes) -> None:
-        """VXLAN (RFC 7348): an 8-byte header, then an Ethernet frame."""
-        if end - off < 8 + 14 or not data[off] & 0x08:  # the I flag: a valid VNI
-            self.stats["vxlan.not_decoded"] += 1
-            return
-        _version, where = ip_offset(LINKTYPE_ETHERNET, data[off + 8 : end])
+    def _tunnel(self, ts_ns: int, found: tuple[int, int | str], data: bytes, end: int, tun: GtpuContext | None,
+                src: bytes, dst: bytes) -> None:
+        """The packet a tunnel inside the user's packet carries (``decode.tunnels``), or its drop counted."""
+        _version, where = found
         if isinstance(where, str):
-            self.stats[f"vxlan.{where}"] += 1
+            self.stats[f"inner.{where}"] += 1
             return
-        self._nested(ts_ns, data, off + 8 + where, end, tun, src, dst)
+        self._nested(ts_ns, data, where, end, tun, src, dst)
 
     def _flow_for(self, ts_ns: int, table: dict[bytes, tuple[Flow, int]], proto: int, key: bytes, data: bytes,
                   l4: int, end: int, src: bytes, dst: bytes, sport: int, dport: int, tun: GtpuContext | None,
@@ -366,7 +369,13 @@ class Tap:
             return
         sport, dport = _ports(data, l4)
         if dport == VXLAN_PORT:
-            self._vxlan(ts_ns, data, l4 + 8, end, tun, src, dst)
+            self._tunnel(ts_ns, tunnels.vxlan(data, l4 + 8, end), data, end, tun, src, dst)
+            return
+        if dport == GENEVE_PORT:
+            self._tunnel(ts_ns, tunnels.geneve(data, l4 + 8, end), data, end, tun, src, dst)
+            return
+        if dport == GRE_UDP_PORT:
+            self._tunnel(ts_ns, tunnels.gre(data, l4 + 8, end), data, end, tun, src, dst)
             return
         if dport == GTPU_PORT or sport == GTPU_PORT:
             self._inner_gtpu(ts_ns, data, l4 + 8, end, tun, src, dst)

@@ -24,11 +24,15 @@ Key = tuple[Any, ...]
 KINDS = ("http.request", "dns.query", "sni")
 
 # One tshark pass for all three kinds. DNS questions are assigned to their message with
-# dns.count.queries, so a TCP segment holding a response and a query counts only the query.
-# (Frames tshark marks as retransmissions stay in: it so marks the late segment of an
-# out-of-order pair too, the one whose arrival completes a request.)
-ORACLE_FILTER = "gtp && (http.request || dns.flags.response == 0 || tls.handshake.type == 1)"
-ORACLE_FIELDS = ["http.request.method", "http.host", "http.request.uri", "dns.flags.response",
+# dns.count.queries, so a TCP segment holding a response and a query counts only the query;
+# a "DNS query" is a standard one (opcode QUERY), as the tap reports: a NOTIFY's or an
+# UPDATE's zone section is not a name asked for.
+# HTTP requests by http.request.method: tshark leaves its http.request flag off for GENA's
+# NOTIFY/SUBSCRIBE/UNSUBSCRIBE, which are requests all the same. (Frames tshark marks as
+# retransmissions stay in: it so marks the late segment of an out-of-order pair too, the one
+# whose arrival completes a request.)
+ORACLE_FILTER = "gtp && (http.request.method || dns.flags.response == 0 || tls.handshake.type == 1)"
+ORACLE_FIELDS = ["http.request.method", "http.host", "http.request.uri", "dns.flags.response", "dns.flags.opcode",
                  "dns.count.queries", "dns.qry.name", "dns.qry.type", "tls.handshake.type",
                  "tls.handshake.extensions_server_name", "tcp.srcport", "udp.srcport"]
 
@@ -57,9 +61,10 @@ def oracle_rows(rows: Iterable[Mapping[str, list[str]]]) -> Counter[Key]:
                 found[("http.request", m, hosts[i] if i < len(hosts) else "", uris[i] if i < len(uris) else "")] += 1
         names, types = r["dns.qry.name"], r["dns.qry.type"]
         q = 0
-        for resp, count in zip(r["dns.flags.response"], r["dns.count.queries"], strict=False):
+        for resp, opcode, count in zip(r["dns.flags.response"], r["dns.flags.opcode"], r["dns.count.queries"],
+                                       strict=False):
             n = int(count)
-            if resp in ("0", "False"):
+            if resp in ("0", "False") and opcode == "0":  # a standard query (not NOTIFY, UPDATE...)
                 for name, qtype in zip(names[q:q + n], types[q:q + n], strict=False):
                     found[("dns.query", "" if name == "<Root>" else name, int(qtype))] += 1
             q += n

@@ -123,7 +123,8 @@ def test_webdav_and_patch() -> None:
     b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
     b"FOO /x HTTP/1.1\r\n\r\n",
-    b"GET /x HTTP/1.1 extra\r\n\r\n",
+    b"OPTIONS rtsp://cam.example/live RTSP/1.0\r\nCSeq: 1\r\n\r\n",  # RTSP: tshark's RTSP, not HTTP
+    b"OPTIONS sip:ue@example SIP/2.0\r\n\r\n",
     b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n",
     b"GET /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
     b"GET /x HTTP/1.1\r\n: novalue\r\n\r\n",
@@ -160,3 +161,18 @@ def test_tunnels_and_protocol_switches_end_the_stream() -> None:
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     assert dissect_stream(preface[:10], 0) == ([], 0, False)
     assert dissect_stream(preface + bytes(9), 0) == ([], 0, True)
+
+
+@pytest.mark.parametrize(("line", "path", "version"), [
+    (b"GET /HTTP/1.1", "/HTTP/1.1", ""),       # a missing space: the target runs on
+    (b"GET / HTTP/1.", "/", "HTTP/1."),        # a broken version
+    (b"GET /", "/", ""),                        # HTTP/0.9
+    (b"GET HTTP/1.1", "HTTP/1.1", ""),          # no target
+    (b"CCM_POST /ccm_system/request HTTP/1.1", "/ccm_system/request", "HTTP/1.1"),
+    (b"GET /x HTTP/1.1 extra", "/x", "HTTP/1.1 extra"),
+])
+def test_request_lines_read_as_tshark_reads_them(line: bytes, path: str, version: str) -> None:
+    """Odd request lines from Zeek's HTTP method traces: tshark shows each as a request (method,
+    target up to the next space, the rest as version), and so does the tap (tests/corpus)."""
+    found, _, _ = dissect_stream(line + b"\r\nHost: h.example\r\n\r\n", 0)
+    assert [(a["path"], a["version"], a["host"]) for _, a in found] == [(path, version, "h.example")]

@@ -32,12 +32,17 @@ _METHOD_NAMES = (
     "PROPFIND PROPPATCH MKCOL COPY MOVE LOCK UNLOCK SEARCH REPORT MKACTIVITY CHECKOUT "
     "CHECKIN UNCHECKOUT MERGE VERSION-CONTROL MKWORKSPACE UPDATE LABEL BASELINE-CONTROL "
     "ORDERPATCH ACL MKCALENDAR MKREDIRECTREF UPDATEREDIRECTREF BIND UNBIND REBIND "
-    "LINK UNLINK M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PURGE QUERY"
+    "LINK UNLINK M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PURGE QUERY "
+    # the others tshark knows: Exchange's WebDAV batch methods, RPC over HTTP, SCCM's CCM_POST
+    "BCOPY BMOVE BDELETE BPROPFIND BPROPPATCH POLL M-POST RPC_CONNECT RPC_IN_DATA RPC_OUT_DATA CCM_POST"
 )
 METHODS = frozenset(m.encode() for m in _METHOD_NAMES.split(" "))
 _MAX_METHOD = max(len(m) for m in METHODS)
 
-_REQUEST_LINE = re.compile(rb"([A-Z][A-Z-]*) ([^ \r\n]+) (HTTP/[0-9]\.[0-9])\r?\Z")
+# As tshark reads a request line: a known method, a space, the target up to the next space
+# (maybe empty), then whatever version there is (maybe none: HTTP/0.9, or a broken one)
+_REQUEST_LINE = re.compile(rb"([A-Z][A-Z_-]*) ([^ \r\n]*)(?: ([^\r\n]*?))?\r?\Z")
+_OTHER_PROTOCOLS = (b"RTSP/", b"SIP/")  # their requests look like HTTP's, with their own version
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\Z")
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -169,7 +174,9 @@ def _request(line: bytes, hdrs: dict[bytes, bytes]) -> AppFields:
     method, target, version = m.groups()
     if method not in METHODS:
         raise Malformed("http: not a request method")
-    app: AppFields = {"method": method.decode(), "path": _text(target), "version": version.decode()}
+    if version and version.startswith(_OTHER_PROTOCOLS):
+        raise Malformed("http: an RTSP or SIP request")
+    app: AppFields = {"method": method.decode(), "path": _text(target), "version": _text(version or b"")}
     host = hdrs.get(b"host")
     if host is None:
         a = _ABSOLUTE.match(target)
