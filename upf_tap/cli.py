@@ -30,6 +30,10 @@ def add_read_parser(subparsers: cli.SubParsers) -> argparse.ArgumentParser:
         description="Decode pcap/pcapng captures and print AppEvents as JSON lines, in capture "
                     "order. Several files are merged by timestamp (e.g. N2, N3 and N4 taps).")
     rd.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng file(s)")
+    rd.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="decode in N processes, each reading the file and taking the flows whose inner "
+                         "addresses it owns (as `live --workers` splits them); events merged in time order "
+                         "(default 1)")
     add_pipeline_options(rd)
     return rd
 
@@ -50,6 +54,12 @@ def run_read(args: argparse.Namespace) -> int:
         write(to_json_line(ev))
         write("\n")
 
+    if args.workers < 1:
+        raise CommandError("--workers must be at least 1")
+    if args.workers > 1:
+        if len(args.files) > 1:
+            raise CommandError("--workers takes one file (merge captures with mergecap first)")
+        return _read_shared(args, cfg, out)
     try:
         tap = Tap(cfg, emit)
     except ValueError as e:  # a bad identity file (IdentityError)
@@ -75,6 +85,84 @@ def run_read(args: argparse.Namespace) -> int:
         print(f"upf-tap: {tap.packets} packets in {dt:.3f} s "
               f"({tap.packets / dt if dt else 0:,.0f} packets/s)", file=sys.stderr)
         print_counters(tap.counters())
+    return 0
+
+
+def _read_shared(args: argparse.Namespace, cfg: Any, out: TextIO) -> int:
+    """``read --workers N``: N forked taps on one file, each its share of the flows; their
+    events merged by capture time (then worker, then order: the same events as one process,
+    in time order), counters summed."""
+    import heapq
+    import json
+    import os
+    import tempfile
+
+    from upf_tap.capture.pcapfile import read_batches
+    from upf_tap.pipeline import Tap
+
+    t0 = time.perf_counter()
+    n = args.workers
+    with tempfile.TemporaryDirectory(prefix="upf-tap-read-") as tmp:
+        pids = []
+        for k in range(n):
+            pid = os.fork()
+            if pid == 0:  # a worker: its events as "<ts_ns> <json>" lines, its counters at the end
+                code = 0
+                try:
+                    cfg.worker, cfg.workers = k, n
+                    with open(os.path.join(tmp, f"{k}.events"), "w", encoding="utf-8") as f:
+                        def emit(ev: dict[str, Any], w: Any = f.write) -> None:
+                            w(f"{ev['time']} {to_json_line(ev)}\n")  # RFC 3339, fixed width: sorts as time
+
+                        tap = Tap(cfg, emit)
+                        tap.consume_batches(read_batches(args.files[0], tap.stats, runs=True))
+                        tap.finish()
+                    with open(os.path.join(tmp, f"{k}.counters"), "w", encoding="utf-8") as f:
+                        json.dump(tap.counters(), f)
+                except CaptureError as e:
+                    print(f"upf-tap: error: {e}", file=sys.stderr)
+                    code = 2
+                except ValueError as e:  # a bad identity file
+                    print(f"upf-tap: error: {e}", file=sys.stderr)
+                    code = 2
+                except BaseException:  # a worker must never return into the parent's code
+                    import traceback
+
+                    traceback.print_exc()
+                    code = 1
+                os._exit(code)
+            pids.append(pid)
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+        if any(codes):
+            raise CommandError(f"a worker failed (exit codes {codes})", code=max(codes))
+        files = [open(os.path.join(tmp, f"{k}.events"), encoding="utf-8") for k in range(n)]  # noqa: SIM115
+        try:
+            def keyed(k: int) -> Any:
+                for i, line in enumerate(files[k]):
+                    ts, _, rest = line.partition(" ")
+                    yield ts, k, i, rest
+
+            try:
+                for _ts, _k, _i, line in heapq.merge(*(keyed(k) for k in range(n))):
+                    out.write(line)
+                out.flush()
+            except BrokenPipeError:
+                return 0
+        finally:
+            for f in files:
+                f.close()
+        if args.stats:
+            total: dict[str, int] = {}
+            for k in range(n):
+                with open(os.path.join(tmp, f"{k}.counters"), encoding="utf-8") as f:
+                    for name, v in json.load(f).items():
+                        # every worker reads every packet: those counts are worker 0's
+                        if k == 0 or not (name in ("packets", "bytes") or name.startswith("capture.")):
+                            total[name] = total.get(name, 0) + v
+            dt = time.perf_counter() - t0
+            print(f"upf-tap: {total.get('packets', 0)} packets in {dt:.3f} s with {n} workers "
+                  f"({total.get('packets', 0) / dt if dt else 0:,.0f} packets/s)", file=sys.stderr)
+            print_counters(dict(sorted(total.items())))
     return 0
 
 

@@ -30,6 +30,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
+from zlib import crc32 as _crc32
 
 from upf_tap.constants import (
     DEFAULT_FLOW_HARD_TIMEOUT,
@@ -97,6 +98,16 @@ EXPIRY_EVERY_NS = 1_000_000_000
 HARD_EXPIRY_EVERY_NS = 30_000_000_000
 
 
+def owner(src: bytes, dst: bytes, workers: int) -> int:
+    """Which of ``workers`` taps reads the user packets between these two addresses (either
+    way): their XOR, as the live tap's fanout program folds them, so a flow stays on one."""
+    return (int.from_bytes(src, "big") ^ int.from_bytes(dst, "big")) % workers
+
+
+def _ignore(_event: AppEvent) -> None:
+    pass
+
+
 class TapConfig:
     """How the tap decodes; every option has a default that suits a UPF's N3 interface.
 
@@ -105,7 +116,7 @@ class TapConfig:
     """
 
     __slots__ = ("control_plane", "flows", "gtpu_ports", "hard_timeout", "identity_file", "idle_timeout",
-                 "max_flows", "max_fragment_sets", "point", "stream_depth", "tap_id", "ue_pools")
+                 "max_flows", "max_fragment_sets", "point", "stream_depth", "tap_id", "ue_pools", "worker", "workers")
 
     def __init__(self, *, point: str = "n3", tap_id: str = DEFAULT_TAP_ID,
                  gtpu_ports: tuple[int, ...] = (GTPU_PORT,), ue_pools: tuple[str, ...] = DEFAULT_UE_POOLS,
@@ -113,7 +124,7 @@ class TapConfig:
                  max_flows: int = DEFAULT_MAX_FLOWS, idle_timeout: float = DEFAULT_FLOW_IDLE_TIMEOUT,
                  hard_timeout: float = DEFAULT_FLOW_HARD_TIMEOUT,
                  max_fragment_sets: int = DEFAULT_MAX_FRAGMENT_SETS, identity_file: str | None = None,
-                 control_plane: bool = True) -> None:
+                 control_plane: bool = True, worker: int = 0, workers: int = 1) -> None:
         self.point = point
         self.tap_id = tap_id
         self.gtpu_ports = gtpu_ports
@@ -126,6 +137,10 @@ class TapConfig:
         self.max_fragment_sets = max_fragment_sets
         self.identity_file = identity_file
         self.control_plane = control_plane
+        # one of ``workers`` taps sharing a capture: this one reads the flows whose inner
+        # addresses it owns (see owns()); the control plane is followed by all, reported by worker 0
+        self.worker = worker
+        self.workers = workers
 
     def __repr__(self) -> str:
         return "TapConfig(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
@@ -145,6 +160,8 @@ class Tap:
         self.packets = 0
         self.octets = 0
         self.n6 = config.point == "n6"
+        self.workers = config.workers
+        self.worker = config.worker
         self.gtpu_ports = frozenset(config.gtpu_ports)
         self.depth = config.stream_depth
         self.ue_side = UeSide(config.ue_pools)
@@ -170,7 +187,8 @@ class Tap:
         if self.control is None and self.cfg.control_plane:
             from upf_tap.control.correlator import ControlPlane
 
-            self.control = ControlPlane(self.cfg.tap_id, self.emit, self.stats, self.cfg.identity_file)
+            emit = self.emit if self.worker == 0 else _ignore  # one report of each control-plane event
+            self.control = ControlPlane(self.cfg.tap_id, emit, self.stats, self.cfg.identity_file)
         return self.control
 
     # ------------------------------------------------------------------ input
@@ -258,6 +276,8 @@ class Tap:
         if ip is None:
             return
         proto, src, dst, data, l4, end = ip
+        if self.workers > 1 and not self._nesting and owner(src, dst, self.workers) != self.worker:
+            return  # another worker's flow
         if proto == IPPROTO_TCP:
             self._tcp(ts_ns, data, l4, end, src, dst, tun)
         elif proto == IPPROTO_UDP:
@@ -439,11 +459,13 @@ class Tap:
 
     # ------------------------------------------------------------------ events
     def _emit(self, kind: str, ts_ns: int, flow: Flow, idx: int, tun: GtpuContext | None,
-              app: dict[str, Any]) -> None:
+              app: dict[str, Any], seq: int = -1) -> None:
         ue, tunnel = identify(flow.ue_ip, tun, self.control)
+        if seq < 0:
+            seq = self._seq
+            self._seq += 1
         ev = make_event(kind, ts_ns, self.cfg.point, self.cfg.tap_id, direction=flow.direction(idx),
-                        ue=ue, flow=flow.flow_fields(idx), tunnel=tunnel, app=app, seq=self._seq)
-        self._seq += 1
+                        ue=ue, flow=flow.flow_fields(idx), tunnel=tunnel, app=app, seq=seq)
         self.stats[f"events.{kind}"] += 1
         self.emit(ev)
 
@@ -457,7 +479,7 @@ class Tap:
                 "bytes_dl": flow.octets[1 if flow.ue_is_src0 else 0],
                 "duration": round((flow.last_ns - flow.first_ns) / 1e9, 6),
                 "reason": reason,
-            })
+            }, seq=_crc32(flow.key0))  # the flow's own number: its id depends on no other flow ending with it
 
     def expire(self, ts_ns: int) -> None:
         """Time has reached ``ts_ns``: end idle flows (and, less often, those past the hard timeout)."""

@@ -82,6 +82,7 @@ def walk_pcap(tap: Tap, run: PcapRun) -> None:
     min_fast = 98 if not tap.n6 and linktype == LINKTYPE_ETHERNET else MAX_RECORD  # frames the fast test reads
     count_flows = tap.cfg.flows
     next_expiry = tap.next_expiry
+    workers, me = tap.workers, tap.worker
     buf, off = run.buf, run.off
     first, n = off, len(buf)
     npk = 0
@@ -123,6 +124,9 @@ def walk_pcap(tap: Tap, run: PcapRun) -> None:
                             flow.pkts[idx] += 1
                             flow.octets[idx] += itot - 20
                         continue
+                    if workers > 1 and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me:
+                        off = end  # another worker's flow (pipeline.owner)
+                        continue
             tap.last_ns = ts_ns
             slow(ts_ns, linktype, buf[off + 16 : end], 0, incl)
             off = end
@@ -145,6 +149,7 @@ def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
     gtp_room, touch_ns, n6 = _GTP_ROOM, LRU_TOUCH_NS, tap.n6
     count_flows = tap.cfg.flows
     next_expiry = tap.next_expiry
+    workers, me = tap.workers, tap.worker
     buf, off = run.buf, run.off
     n = len(buf)
     npk = nbytes = 0
@@ -196,6 +201,9 @@ def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
                             flow.pkts[idx] += 1
                             flow.octets[idx] += itot - 20
                         continue
+                    if workers > 1 and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me:
+                        off = end  # another worker's flow (pipeline.owner)
+                        continue
             tap.last_ns = ts_ns
             slow(ts_ns, linktype, buf[off + 28 : off + 28 + cap], 0, cap)
             off = end
@@ -218,6 +226,7 @@ def walk_batch(tap: Tap, buf: bytes, recs: list[int]) -> None:
     use_fast = not tap.n6
     count_flows = tap.cfg.flows
     next_expiry = tap.next_expiry
+    workers, me = tap.workers, tap.worker
     tap.packets += len(recs) >> 2
     tap.octets += sum(recs[3::4]) - sum(recs[2::4])
     ts_ns = tap.last_ns
@@ -246,6 +255,8 @@ def walk_batch(tap: Tap, buf: bytes, recs: list[int]) -> None:
                             flow.pkts[idx] += 1
                             flow.octets[idx] += itot - 20
                         continue
+                    if workers > 1 and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me:
+                        continue  # another worker's flow (pipeline.owner)
             tap.last_ns = ts_ns
             slow(ts_ns, linktype, buf if start == 0 and end == len(buf) else buf[start:end], 0, flen)
     finally:
