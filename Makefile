@@ -36,7 +36,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# the benchmark's peers beyond tshark: nDPI's reader (Debian) and NFStream (PyPI)
 bench: setup
+	@dpkg -s libndpi-bin >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q libndpi-bin; }
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) bench/run_all.py
 
 clean:

@@ -106,6 +106,12 @@ def walk_pcap(tap: Tap, run: PcapRun) -> None:
                 next_expiry = tap.next_expiry
             if incl >= min_fast:
                 eth_ip, otot, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, off)
+                if (workers > 1 and ext == 0x8501 and ext_ip == 0x0045 and gtp >> 16 == 0x34FF
+                        and 0x08004500 <= eth_ip <= 0x080045FF and frag_proto & 0x3FFF00FF == 17
+                        and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me
+                        and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
+                    off = end  # a G-PDU of another worker's flow (pipeline.owner): not ours to decode
+                    continue
                 if (0x08004500 <= eth_ip <= 0x080045FF and incl - otot == 14 and frag_proto & 0x3FFF00FF == 17
                         and gtp == gtp_room + incl and ext == 0x8501 and ext_ip == 0x0045
                         and incl - itot == 58 and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07
@@ -123,9 +129,6 @@ def walk_pcap(tap: Tap, run: PcapRun) -> None:
                         if count_flows:  # per-flow counters only show in flow.end events
                             flow.pkts[idx] += 1
                             flow.octets[idx] += itot - 20
-                        continue
-                    if workers > 1 and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me:
-                        off = end  # another worker's flow (pipeline.owner)
                         continue
             tap.last_ns = ts_ns
             slow(ts_ns, linktype, buf[off + 16 : end], 0, incl)
@@ -184,6 +187,12 @@ def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
                 next_expiry = tap.next_expiry
             if cap >= min_fast:
                 eth_ip, otot, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, off)
+                if (workers > 1 and ext == 0x8501 and ext_ip == 0x0045 and gtp >> 16 == 0x34FF
+                        and 0x08004500 <= eth_ip <= 0x080045FF and frag_proto & 0x3FFF00FF == 17
+                        and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me
+                        and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
+                    off = end  # a G-PDU of another worker's flow (pipeline.owner): not ours to decode
+                    continue
                 if (0x08004500 <= eth_ip <= 0x080045FF and cap - otot == 14 and frag_proto & 0x3FFF00FF == 17
                         and gtp == gtp_room + cap and ext == 0x8501 and ext_ip == 0x0045
                         and cap - itot == 58 and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07
@@ -200,9 +209,6 @@ def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
                         if count_flows:
                             flow.pkts[idx] += 1
                             flow.octets[idx] += itot - 20
-                        continue
-                    if workers > 1 and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me:
-                        off = end  # another worker's flow (pipeline.owner)
                         continue
             tap.last_ns = ts_ns
             slow(ts_ns, linktype, buf[off + 28 : off + 28 + cap], 0, cap)
@@ -239,6 +245,11 @@ def walk_batch(tap: Tap, buf: bytes, recs: list[int]) -> None:
             flen = end - start
             if use_fast and linktype == 1 and flen >= 98:
                 eth_ip, otot, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, start)
+                if (workers > 1 and ext == 0x8501 and ext_ip == 0x0045 and gtp >> 16 == 0x34FF
+                        and 0x08004500 <= eth_ip <= 0x080045FF and frag_proto & 0x3FFF00FF == 17
+                        and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me
+                        and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
+                    continue  # a G-PDU of another worker's flow (pipeline.owner): not ours to decode
                 if (0x08004500 <= eth_ip <= 0x080045FF and flen - otot == 14 and frag_proto & 0x3FFF00FF == 17
                         and gtp == gtp_room + flen and ext == 0x8501 and ext_ip == 0x0045
                         and flen - itot == 58 and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07
@@ -255,8 +266,6 @@ def walk_batch(tap: Tap, buf: bytes, recs: list[int]) -> None:
                             flow.pkts[idx] += 1
                             flow.octets[idx] += itot - 20
                         continue
-                    if workers > 1 and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me:
-                        continue  # another worker's flow (pipeline.owner)
             tap.last_ns = ts_ns
             slow(ts_ns, linktype, buf if start == 0 and end == len(buf) else buf[start:end], 0, flen)
     finally:

@@ -38,6 +38,7 @@ _METHOD_NAMES = (
 )
 METHODS = frozenset(m.encode() for m in _METHOD_NAMES.split(" "))
 _MAX_METHOD = max(len(m) for m in METHODS)
+_METHOD_PREFIXES = frozenset(m[:i] for m in METHODS for i in range(1, len(m) + 1))
 
 # As tshark reads a request line: a known method, a space, the target up to the next space
 # (maybe empty), then whatever version there is (maybe none: HTTP/0.9, or a broken one)
@@ -54,7 +55,7 @@ def looks_like(buf: bytes) -> bool:
     sp = buf.find(b" ", 0, _MAX_METHOD + 1)
     if sp < 0:
         # too short to hold the space yet: accept a prefix of a known method
-        return 0 < len(buf) <= _MAX_METHOD and any(m.startswith(buf) for m in METHODS)
+        return buf in _METHOD_PREFIXES
     return buf[:sp] in METHODS
 
 
@@ -80,7 +81,7 @@ def _check_start(buf: bytes, p: int) -> None:
         raise Malformed("http: a response, not a request stream")
     sp = head.find(b" ")
     if sp < 0:
-        if len(head) > _MAX_METHOD or not any(m.startswith(head) for m in METHODS):
+        if head not in _METHOD_PREFIXES:
             raise Malformed("http: not a request method")
     elif head[:sp] not in METHODS:
         raise Malformed("http: not a request method")
