@@ -65,14 +65,20 @@ def snapshot_dir(root: Path, repo: str) -> Path:
 
 def _git(gitdir: Path, *args: str) -> str:
     return subprocess.run(["git", "--git-dir", str(gitdir), *args], capture_output=True, text=True,
-                          check=True).stdout
+                          errors="surrogateescape", check=True).stdout
 
 
 def list_captures(gitdir: Path, folder: str) -> tuple[str, list[tuple[str, str, int]]]:
-    """(commit, [(path, blob, size)]) of the capture files under ``folder`` at HEAD."""
+    """(commit, [(path, blob, size)]) of the capture files under ``folder`` (the whole tree
+    when empty) at HEAD."""
     commit = _git(gitdir, "rev-parse", "HEAD").strip()
     out = []
-    for line in _git(gitdir, "ls-tree", "-r", "-l", commit, "--", folder).splitlines():
+    # -z: paths as they are (git quotes one with a space or a non-ASCII letter otherwise);
+    # no pathspec for the whole tree (git refuses an empty one)
+    where = ["--", folder] if folder.strip("/") else []
+    for line in _git(gitdir, "ls-tree", "-r", "-l", "-z", commit, *where).split("\0"):
+        if not line:
+            continue
         meta, path = line.split("\t", 1)
         _mode, kind, blob, size = meta.split()
         if kind == "blob" and path.lower().endswith(CAPTURE_SUFFIXES):
@@ -111,6 +117,7 @@ def build(out: Path, sources: list[str], root: Path, max_bytes: int = MAX_CAPTUR
     manifest: dict[str, Any] = {"tool": "testbed corpus build", "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 "sources": [], "captures": [], "skipped": []}
     seen: set[str] = set()
+    names: set[str] = set()
     for source in sources:
         repo, _, folder = source.partition(":")
         gitdir = snapshot_dir(root, repo)
@@ -139,6 +146,9 @@ def build(out: Path, sources: list[str], root: Path, max_bytes: int = MAX_CAPTUR
                 continue
             seen.add(sha)
             name = capture_name(repo, path)
+            if name in names:  # x.pcap and x.pcapng, "x y.pcap" and x_y.pcap: one name, two captures
+                name = f"{name}__{sha[:12]}"
+            names.add(name)
             dest = out / "n3" / f"{name}.pcap"
             with tempfile.NamedTemporaryFile(suffix=".cap") as tmp:
                 tmp.write(data)
@@ -189,7 +199,7 @@ def oracle_of(out: Path, name: str) -> Any:
         cached = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if cached.get("oracle") != oracle_signature():
+    if not isinstance(cached, dict) or cached.get("oracle") != oracle_signature():
         return None
     return keys_from_json(cached["events"])
 

@@ -43,12 +43,21 @@ def _run_tunnel(args: argparse.Namespace) -> int:
 
     if not 0 <= args.qfi <= 63:
         raise CommandError(f"--qfi {args.qfi}: a QFI is 0..63")
+    out = Path(args.output)
     try:
-        with open(args.output, "wb") as f:
+        same = out.exists() and out.samefile(args.input)
+    except OSError:
+        same = False
+    if same:  # opening OUT would empty IN before it is read
+        raise CommandError(f"{args.output}: is the input; give another OUT")
+    try:
+        with out.open("wb") as f:
             stats, _first, _last = tunnel_file(args.input, f, Tunneller(args.qfi))
-    except CaptureError as e:
-        raise CommandError(str(e)) from None
-    except OSError as e:
+    except (CaptureError, OSError) as e:
+        if out.is_file():  # no half-written capture left behind (but never a device or a pipe)
+            out.unlink(missing_ok=True)
+        if isinstance(e, CaptureError):
+            raise CommandError(str(e)) from None
         raise CommandError(f"{args.output}: {e.strerror or e}") from None
     dropped = {k: v for k, v in sorted(stats.items()) if k.startswith("dropped.")}
     print(f"{args.output}: {stats['packets']} packets ({stats['uplink']} uplink, {stats['downlink']} downlink) "
@@ -108,14 +117,20 @@ def _add_score(sub: SubParsers) -> argparse.ArgumentParser:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from testbed.corpus.build import CorpusError, captures, load, refresh_oracle, stderr_progress
+    from testbed.corpus.build import CorpusError, captures, load, oracle_of, refresh_oracle, stderr_progress
     from testbed.corpus.score import score_corpus
+    from testbed.corpus.tshark import TSHARK
 
     out = Path(args.dir)
     try:
         manifest = load(out)
     except CorpusError as e:
         raise CommandError(str(e)) from None
+    if TSHARK is None:
+        stale = sum(1 for c in manifest["captures"] if oracle_of(out, c["name"]) is None)
+        if stale:
+            raise CommandError(f"tshark is not installed (apt-get install tshark): {stale} captures of {out} "
+                               "have no oracle made by this tshark, filter and fields")
     refresh_oracle(out, manifest, stderr_progress)
     score = score_corpus(out, captures(out, manifest))
     print(score.table())

@@ -8,7 +8,8 @@ mid-flow with a server's reply). Each UE address has its own TEID pair: uplink p
 gNB -> UPF with the UPF's TEID and an UL PDU SESSION INFORMATION container, downlink
 packets UPF -> gNB with the gNB's TEID and a DL one (TS 29.281 §5.2, TS 38.415 §5.5.2), both
 with the same QFI. The inner packet is the captured one, byte for byte, from its IP header
-on; timestamps are kept. Frames that carry no IP packet (ARP, STP, ...) are counted and
+to the length that header gives (a link layer's trailer, such as Ethernet's padding, is not
+part of it); timestamps are kept. Frames that carry no IP packet (ARP, STP, ...) are counted and
 left out, as a UPF never sees them.
 
 The output is a nanosecond pcap with Ethernet frames, which tshark, the tap and any other
@@ -169,7 +170,26 @@ def inner_packets(frames: Iterable[tuple[int, int, bytes]], stats: Counter[str])
         if isinstance(where, str):
             stats[f"dropped.{where}"] += 1
             continue
-        yield ts_ns, frame[where:], version
+        pkt = frame[where:]
+        n = ip_length(pkt, version)
+        if 0 < n < len(pkt):  # Ethernet's padding to 60 bytes, an FCS: not part of the IP packet
+            pkt = pkt[:n]
+            stats["trimmed.link_trailer"] += 1
+        yield ts_ns, pkt, version
+
+
+def ip_length(pkt: bytes, version: int) -> int:
+    """The length an IP packet's header gives, or 0 when it gives none (an IPv4 total length of
+    0, as segmentation offload captures show; an IPv6 jumbogram) or the header is cut."""
+    if version == 4:
+        if len(pkt) < 4:
+            return 0
+        n = _u16(pkt, 2)[0]
+        return n if n >= (pkt[0] & 0x0F) * 4 >= 20 else 0
+    if len(pkt) < 6:
+        return 0
+    n = _u16(pkt, 4)[0]
+    return 40 + n if n else 0
 
 
 def tunnel_file(src: str | Path, out: BinaryIO, tunneller: Tunneller | None = None, shift_ns: int = 0,
