@@ -417,7 +417,8 @@ class Tap:
             except Malformed:
                 self.stats[f"{d.name}.malformed"] += 1
                 return
-        else:  # per-direction state (QUIC: a ClientHello may span datagrams), done after the first events
+        else:  # per-direction state (QUIC: a ClientHello may span datagrams; after a Retry, or a
+            # version negotiation, the client sends a new one under a new DCID, as tshark shows)
             state = flow.state[idx]
             if state is False:
                 return  # this direction is done
@@ -429,8 +430,6 @@ class Tap:
                 self.stats[f"{d.name}.malformed"] += 1
                 flow.state[idx] = False
                 return
-            if found:
-                flow.state[idx] = False
         for kind, app in found:
             self._emit(kind, ts_ns, flow, idx, tun, app)
 
