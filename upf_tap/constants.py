@@ -54,6 +54,7 @@ DEFAULT_MAX_FRAGMENT_SETS = 4096      # IP reassembly buffers kept at once
 FRAGMENT_TIMEOUT = 30.0               # seconds (RFC 791 suggests up to 15 s to 2 min)
 LRU_TOUCH_NS = 1_000_000_000         # a flow's place in the LRU order is kept to this precision
 MAX_OOO_SEGMENTS = 64                 # out-of-order segments held per TCP direction
+UDP_QUIET_DATAGRAMS = 8               # datagrams in a row no dissector takes before a UDP direction is skipped
 RESNIFF_SEGMENTS = 4                  # uplink segments offered to the stream sniffers when no dissector reads on
 # UE address pools telling the UE end of a flow when the tunnel does not (--ue-pool replaces
 # them); the lab's SMF hands out addresses from the same pools

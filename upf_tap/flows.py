@@ -23,7 +23,7 @@ class Flow:
     """One bidirectional flow. Direction 0 is the direction of the first packet seen."""
 
     __slots__ = (
-        "addrs", "first_ns", "key0", "key1", "last_ns", "octets", "pkts", "proto",
+        "addrs", "first_ns", "key0", "key1", "last_ns", "octets", "pkts", "proto", "quiet",
         "state", "streams", "table", "touch_at", "ue_ip", "ue_is_src0",
     )
 
@@ -45,6 +45,7 @@ class Flow:
         self.octets = [0, 0]
         self.streams: list[StreamDirection | None] = [None, None]
         self.state: list[object] = [None, None]  # per-direction dissector state (e.g. QUIC assembly)
+        self.quiet = [0, 0]  # UDP: datagrams in a row that no dissector took, per direction
 
     def direction(self, idx: int) -> str:
         """'ul' when direction ``idx`` goes from the UE, else 'dl'."""
@@ -64,7 +65,7 @@ class Flow:
 class FlowTable:
     """Flows by directional key, with LRU order for eviction and idle expiry."""
 
-    __slots__ = ("by_proto", "hard_ns", "idle_ns", "lru", "max_flows", "on_end", "skip")
+    __slots__ = ("by_proto", "hard_ns", "idle_ns", "lru", "max_flows", "on_end", "skip", "udp_skip")
 
     def __init__(self, max_flows: int, idle_s: float, hard_s: float,
                  on_end: Callable[[Flow, int, str], None]) -> None:
@@ -73,6 +74,7 @@ class FlowTable:
         # TCP directions with nothing left to inspect (their stream is done), as in the TCP
         # table: the fast path's one lookup for a data segment
         self.skip: dict[bytes, tuple[Flow, int]] = {}
+        self.udp_skip: dict[bytes, tuple[Flow, int]] = {}  # the same for UDP directions gone quiet
         self.max_flows = max_flows
         self.idle_ns = int(idle_s * 1e9)
         self.hard_ns = int(hard_s * 1e9)
@@ -100,8 +102,8 @@ class FlowTable:
         flow.last_ns = ts_ns
 
     def skip_direction(self, flow: Flow, idx: int) -> None:
-        """TCP direction ``idx`` of ``flow`` has nothing left to inspect: the fast path skips its segments."""
-        self.skip[flow.key1 if idx else flow.key0] = (flow, idx)
+        """Direction ``idx`` of ``flow`` (TCP or UDP) has nothing left to inspect: the fast path skips it."""
+        (self.skip if flow.proto == "tcp" else self.udp_skip)[flow.key1 if idx else flow.key0] = (flow, idx)
 
     def add(self, flow: Flow, ts_ns: int) -> None:
         lru = self.lru
@@ -119,6 +121,9 @@ class FlowTable:
         if self.skip and flow.proto == "tcp":
             self.skip.pop(flow.key0, None)
             self.skip.pop(flow.key1, None)
+        elif self.udp_skip and flow.proto == "udp":
+            self.udp_skip.pop(flow.key0, None)
+            self.udp_skip.pop(flow.key1, None)
         self.lru.pop(flow.key0, None)
         self.on_end(flow, ts_ns, reason)
 

@@ -65,6 +65,7 @@ from upf_tap.constants import (
     TCP_FIN,
     TCP_RST,
     TCP_SYN,
+    UDP_QUIET_DATAGRAMS,
     VXLAN_PORT,
 )
 from upf_tap.decode import tunnels
@@ -400,12 +401,25 @@ class Tap:
         if dport == GTPU_PORT or sport == GTPU_PORT:
             self._inner_gtpu(ts_ns, data, l4 + 8, end, tun, src, dst)
             return
+        key = src + dst + data[l4 : l4 + 4]
+        hit = self.udp_flows.get(key)
+        if hit is not None and hit[0].quiet[hit[1]] >= UDP_QUIET_DATAGRAMS:
+            flow, idx = hit  # a direction gone quiet: counted only (the fast path skips it the same way)
+            self.flows.touch(flow, ts_ns)
+            flow.pkts[idx] += 1
+            flow.octets[idx] += end - l4
+            return
         payload = data[l4 + 8 : end]
         d = datagram_dissector(sport, dport, payload)  # a sender to a dissector's port is the client
-        flow, idx = self._flow_for(ts_ns, self.udp_flows, IPPROTO_UDP, src + dst + data[l4 : l4 + 4], data, l4,
+        flow, idx = self._flow_for(ts_ns, self.udp_flows, IPPROTO_UDP, key, data, l4,
                                    end, src, dst, sport, dport, tun, None if d is None else True)
-        if d is not None:
+        if d is None:
+            quiet = flow.quiet[idx] = flow.quiet[idx] + 1
+        else:
             self._datagram(d, ts_ns, flow, idx, tun, payload)
+            quiet = flow.quiet[idx] = UDP_QUIET_DATAGRAMS if flow.state[idx] is False else 0
+        if quiet >= UDP_QUIET_DATAGRAMS:
+            self.flows.skip_direction(flow, idx)
 
     def _datagram(self, d: Dissector, ts_ns: int, flow: Flow, idx: int, tun: GtpuContext | None,
                   payload: bytes) -> None:

@@ -73,7 +73,7 @@ def walk_pcap(tap: Tap, run: PcapRun) -> None:
     """Every whole record of one pcap chunk (the contract is in PcapRun's docstring)."""
     fast, rec, slow = _fast_n3_rec, run.rec, tap.feed_at
     flows = tap.flows
-    flows_get, skip_get = flows.table(IPPROTO_TCP).get, flows.skip.get
+    flows_get, skip_get, udp_skip_get = flows.table(IPPROTO_TCP).get, flows.skip.get, flows.udp_skip.get
     lru_touch = flows.lru.move_to_end
     gtpu_ports = tap.gtpu_ports
     both_ports = _both_ports(gtpu_ports)
@@ -113,12 +113,14 @@ def walk_pcap(tap: Tap, run: PcapRun) -> None:
                     off = end  # a G-PDU of another worker's flow (pipeline.owner): not ours to decode
                     continue
                 if (0x08004500 <= eth_ip <= 0x080045FF and incl - otot == 14 and frag_proto & 0x3FFF00FF == 17
-                        and gtp == gtp_room + incl and ext == 0x8501 and ext_ip == 0x0045
-                        and incl - itot == 58 and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07
-                        and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4)
+                        and gtp == gtp_room + incl and ext == 0x8501 and ext_ip == 0x0045 and incl - itot == 58
                         and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
-                    # a bare ACK: any flow; data: a direction with nothing left to inspect
-                    hit = (flows_get if itot == tcp_end else skip_get)(key)
+                    iproto = ifrag_proto & 0x3FFF00FF
+                    if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):
+                        # a bare ACK: any flow; data: a direction with nothing left to inspect
+                        hit = (flows_get if itot == tcp_end else skip_get)(key)
+                    else:  # a UDP direction gone quiet (pipeline: UDP_QUIET_DATAGRAMS), else the full decoder
+                        hit = udp_skip_get(key) if iproto == 17 else None
                     if hit is not None:
                         off = end
                         flow, idx = hit
@@ -145,7 +147,7 @@ def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
     """Consecutive Enhanced Packet Blocks of one pcapng chunk (contract: PcapngRun)."""
     fast, epb, trailer, ifaces, slow = _fast_n3_epb, run.epb, run.trailer, run.ifaces, tap.feed_at
     flows = tap.flows
-    flows_get, skip_get = flows.table(IPPROTO_TCP).get, flows.skip.get
+    flows_get, skip_get, udp_skip_get = flows.table(IPPROTO_TCP).get, flows.skip.get, flows.udp_skip.get
     lru_touch = flows.lru.move_to_end
     gtpu_ports = tap.gtpu_ports
     both_ports = _both_ports(gtpu_ports)
@@ -194,11 +196,14 @@ def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
                     off = end  # a G-PDU of another worker's flow (pipeline.owner): not ours to decode
                     continue
                 if (0x08004500 <= eth_ip <= 0x080045FF and cap - otot == 14 and frag_proto & 0x3FFF00FF == 17
-                        and gtp == gtp_room + cap and ext == 0x8501 and ext_ip == 0x0045
-                        and cap - itot == 58 and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07
-                        and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4)
+                        and gtp == gtp_room + cap and ext == 0x8501 and ext_ip == 0x0045 and cap - itot == 58
                         and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
-                    hit = (flows_get if itot == tcp_end else skip_get)(key)
+                    iproto = ifrag_proto & 0x3FFF00FF
+                    if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):
+                        # a bare ACK: any flow; data: a direction with nothing left to inspect
+                        hit = (flows_get if itot == tcp_end else skip_get)(key)
+                    else:  # a UDP direction gone quiet (pipeline: UDP_QUIET_DATAGRAMS), else the full decoder
+                        hit = udp_skip_get(key) if iproto == 17 else None
                     if hit is not None:
                         off = end
                         flow, idx = hit
@@ -225,7 +230,7 @@ def walk_batch(tap: Tap, buf: bytes, recs: list[int]) -> None:
     """The packets of one batch (``read_batches``): the same fast test as ``walk_pcap``."""
     fast, slow = _fast_n3, tap.feed_at
     flows = tap.flows
-    flows_get, skip_get = flows.table(IPPROTO_TCP).get, flows.skip.get
+    flows_get, skip_get, udp_skip_get = flows.table(IPPROTO_TCP).get, flows.skip.get, flows.udp_skip.get
     lru_touch, touch_ns, gtp_room = flows.lru.move_to_end, LRU_TOUCH_NS, _GTP_ROOM
     gtpu_ports = tap.gtpu_ports
     both_ports = _both_ports(gtpu_ports)
@@ -251,11 +256,14 @@ def walk_batch(tap: Tap, buf: bytes, recs: list[int]) -> None:
                         and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
                     continue  # a G-PDU of another worker's flow (pipeline.owner): not ours to decode
                 if (0x08004500 <= eth_ip <= 0x080045FF and flen - otot == 14 and frag_proto & 0x3FFF00FF == 17
-                        and gtp == gtp_room + flen and ext == 0x8501 and ext_ip == 0x0045
-                        and flen - itot == 58 and ifrag_proto & 0x3FFF00FF == 6 and not tcp & 0x07
-                        and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4)
+                        and gtp == gtp_room + flen and ext == 0x8501 and ext_ip == 0x0045 and flen - itot == 58
                         and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
-                    hit = (flows_get if itot == tcp_end else skip_get)(key)
+                    iproto = ifrag_proto & 0x3FFF00FF
+                    if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):
+                        # a bare ACK: any flow; data: a direction with nothing left to inspect
+                        hit = (flows_get if itot == tcp_end else skip_get)(key)
+                    else:  # a UDP direction gone quiet (pipeline: UDP_QUIET_DATAGRAMS), else the full decoder
+                        hit = udp_skip_get(key) if iproto == 17 else None
                     if hit is not None:
                         flow, idx = hit
                         if ts_ns > flow.touch_at:

@@ -220,3 +220,27 @@ def test_mutated_bulk_same_on_every_path(small_bulk: bytes, tmp_path: Path, flip
     if fmt == "pcapng":
         path = to_pcapng(path, tmp_path / "mutated.pcapng")
     assert_same(path)
+
+
+def test_quiet_udp_directions_are_skipped_alike(tmp_path: Path) -> None:
+    """A UDP direction no dissector takes for UDP_QUIET_DATAGRAMS datagrams in a row (RTP, a
+    game, QUIC's short headers) is skipped by the fast path and by the full decoder alike; its
+    packets still count in flow.end; a DNS flow's datagrams never go quiet."""
+    from scapy.layers.inet import UDP
+
+    from upf_tap.constants import UDP_QUIET_DATAGRAMS
+
+    ue = "10.45.0.21"
+    media = [gen.n3(21, IP(src=ue, dst=gen.APP) / UDP(sport=40000, dport=40002) / Raw(bytes(range(160))))
+             for _ in range(3 * UDP_QUIET_DATAGRAMS)]
+    dns = [gen.n3(21, IP(src=ue, dst="10.200.0.53") / UDP(sport=40001, dport=53)
+                  / Raw(gen.dns_query(f"q{i}.example"))) for i in range(2 * UDP_QUIET_DATAGRAMS)]
+    pkts = [p for pair in zip(media, dns + dns[:UDP_QUIET_DATAGRAMS], strict=True) for p in pair]
+    path = gen.write(tmp_path / "quiet.pcap", pkts)
+    events = assert_same(path, flows=True)
+    ends = {e["flow"]["dport"]: e["app"]["packets_ul"] for e in events if e["kind"] == "flow.end"}
+    assert ends == {40002: 3 * UDP_QUIET_DATAGRAMS, 53: 3 * UDP_QUIET_DATAGRAMS}
+    assert sum(e["kind"] == "dns.query" for e in events) == 3 * UDP_QUIET_DATAGRAMS
+    tap = Tap(TapConfig(), lambda _e: None)
+    tap.consume_batches(read_batches(path, tap.stats, runs=True))
+    assert [flow.addrs[3] for flow, _ in tap.flows.udp_skip.values()] == [40002]  # the media direction only
