@@ -60,7 +60,7 @@ class StreamDirection:
         if flags & TCP_SYN:
             if not self.name:  # no byte yet (a retransmitted SYN must not move the window back)
                 self.isn = (seq + 1) & 0xFFFFFFFF
-            return []
+            seq = (seq + 1) & 0xFFFFFFFF  # data in a SYN (TCP Fast Open, RFC 7413) follows it
         if start >= end:
             return []
         if self.isn < 0:

@@ -117,3 +117,16 @@ def test_quic_draft_and_version_negotiation_versions(tmp_path: Path) -> None:
     events, _ = decode(path)
     assert sorted(keys(events)) == [("quic.initial", f"v{i}.example") for i in range(5)]
     assert_matches_tshark(path, events)
+
+
+def test_data_in_a_syn(tmp_path: Path) -> None:
+    """TCP Fast Open (RFC 7413): the request rides in the SYN; tshark reads it there, so does the tap."""
+    req = gen.http_get("tfo.example", "/in-the-syn")
+    pkts = [gen.n3(7, IP(src=UE, dst=gen.APP) / TCP(sport=42000, dport=80, flags="S", seq=100) / Raw(req)),
+            gen.n3(0x10007, IP(src=gen.APP, dst=UE) / TCP(sport=80, dport=42000, flags="SA", seq=500,
+                                                           ack=101 + len(req)), ul=False),
+            gen.n3(7, IP(src=UE, dst=gen.APP) / TCP(sport=42000, dport=80, flags="A", seq=101 + len(req), ack=501))]
+    path = gen.write(tmp_path / "tfo.pcap", pkts)
+    events, _ = decode(path)
+    assert keys(events) == [("http.request", "/in-the-syn")]
+    assert_matches_tshark(path, events)
