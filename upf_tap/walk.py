@@ -38,6 +38,12 @@ _FAST_N3 = "12xIH2xI10xI4xI7xH2xHxH2xI2x12s8xH"
 _fast_n3 = struct.Struct("!" + _FAST_N3).unpack_from
 _fast_n3_rec = struct.Struct("!16x" + _FAST_N3).unpack_from  # from the start of a pcap record
 _fast_n3_epb = struct.Struct("!28x" + _FAST_N3).unpack_from  # from the start of a pcapng EPB
+# The same frame with IPv6 inside (the outer fields come from _FAST_N3): payload length, next
+# header, the flow key (addresses and ports: 62-65, 66-101) and TCP data offset + flags (110-111).
+_FAST_N3_V6 = "62xHBx36s8xH"
+_fast_n3_v6 = struct.Struct("!" + _FAST_N3_V6).unpack_from
+_fast_n3_v6_rec = struct.Struct("!16x" + _FAST_N3_V6).unpack_from
+_fast_n3_v6_epb = struct.Struct("!28x" + _FAST_N3_V6).unpack_from
 # A frame of L bytes takes the fast path only if every length in it agrees with L (outer
 # IPv4 L - 14, GTP-U L - 50, inner IPv4 L - 58): then the full decoder could not count a
 # truncation or padding either (written ``L - otot == 14``: a small difference is a cached
@@ -71,7 +77,7 @@ def walk(tap: Tap, batches: Iterable[Batch | PcapRun | PcapngRun]) -> None:
 
 def walk_pcap(tap: Tap, run: PcapRun) -> None:
     """Every whole record of one pcap chunk (the contract is in PcapRun's docstring)."""
-    fast, rec, slow = _fast_n3_rec, run.rec, tap.feed_at
+    fast, fast6, rec, slow = _fast_n3_rec, _fast_n3_v6_rec, run.rec, tap.feed_at
     flows = tap.flows
     flows_get, skip_get, udp_skip_get = flows.table(IPPROTO_TCP).get, flows.skip.get, flows.udp_skip.get
     lru_touch = flows.lru.move_to_end
@@ -113,14 +119,26 @@ def walk_pcap(tap: Tap, run: PcapRun) -> None:
                     off = end  # a G-PDU of another worker's flow (pipeline.owner): not ours to decode
                     continue
                 if (0x08004500 <= eth_ip <= 0x080045FF and incl - otot == 14 and frag_proto & 0x3FFF00FF == 17
-                        and gtp == gtp_room + incl and ext == 0x8501 and ext_ip == 0x0045 and incl - itot == 58
+                        and gtp == gtp_room + incl and ext == 0x8501
                         and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
-                    iproto = ifrag_proto & 0x3FFF00FF
-                    if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):
-                        # a bare ACK: any flow; data: a direction with nothing left to inspect
-                        hit = (flows_get if itot == tcp_end else skip_get)(key)
-                    else:  # a UDP direction gone quiet (pipeline: UDP_QUIET_DATAGRAMS), else the full decoder
-                        hit = udp_skip_get(key) if iproto == 17 else None
+                    hit = None
+                    if ext_ip == 0x0045:  # inner IPv4 without options
+                        if incl - itot == 58:
+                            iproto = ifrag_proto & 0x3FFF00FF
+                            if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):
+                                # a bare ACK: any flow; data: a direction with nothing left to inspect
+                                hit = (flows_get if itot == tcp_end else skip_get)(key)
+                            elif iproto == 17:  # a UDP direction gone quiet (pipeline: UDP_QUIET_DATAGRAMS)
+                                hit = udp_skip_get(key)
+                    elif ext_ip >> 4 == 6 and incl >= 118:  # inner IPv6, TCP right after its header
+                        plen, nh, key, tcp = fast6(buf, off)
+                        if (nh == 6 and incl - plen == 98 and not tcp & 0x07 and tcp >= 0x5000
+                                and plen >= (tcp_end := (tcp >> 12) * 4)):
+                            if workers > 1 and (int.from_bytes(key[:16], "big") ^ int.from_bytes(key[16:32], "big")) % workers != me:
+                                off = end
+                                continue  # another worker's flow (pipeline.owner)
+                            hit = (flows_get if plen == tcp_end else skip_get)(key)
+                            itot = plen + 20  # the counters below take itot - 20: the TCP segment's length
                     if hit is not None:
                         off = end
                         flow, idx = hit
@@ -145,7 +163,7 @@ def walk_pcap(tap: Tap, run: PcapRun) -> None:
 
 def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
     """Consecutive Enhanced Packet Blocks of one pcapng chunk (contract: PcapngRun)."""
-    fast, epb, trailer, ifaces, slow = _fast_n3_epb, run.epb, run.trailer, run.ifaces, tap.feed_at
+    fast, fast6, epb, trailer, ifaces, slow = _fast_n3_epb, _fast_n3_v6_epb, run.epb, run.trailer, run.ifaces, tap.feed_at
     flows = tap.flows
     flows_get, skip_get, udp_skip_get = flows.table(IPPROTO_TCP).get, flows.skip.get, flows.udp_skip.get
     lru_touch = flows.lru.move_to_end
@@ -196,14 +214,26 @@ def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
                     off = end  # a G-PDU of another worker's flow (pipeline.owner): not ours to decode
                     continue
                 if (0x08004500 <= eth_ip <= 0x080045FF and cap - otot == 14 and frag_proto & 0x3FFF00FF == 17
-                        and gtp == gtp_room + cap and ext == 0x8501 and ext_ip == 0x0045 and cap - itot == 58
+                        and gtp == gtp_room + cap and ext == 0x8501
                         and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
-                    iproto = ifrag_proto & 0x3FFF00FF
-                    if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):
-                        # a bare ACK: any flow; data: a direction with nothing left to inspect
-                        hit = (flows_get if itot == tcp_end else skip_get)(key)
-                    else:  # a UDP direction gone quiet (pipeline: UDP_QUIET_DATAGRAMS), else the full decoder
-                        hit = udp_skip_get(key) if iproto == 17 else None
+                    hit = None
+                    if ext_ip == 0x0045:  # inner IPv4 without options
+                        if cap - itot == 58:
+                            iproto = ifrag_proto & 0x3FFF00FF
+                            if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):
+                                # a bare ACK: any flow; data: a direction with nothing left to inspect
+                                hit = (flows_get if itot == tcp_end else skip_get)(key)
+                            elif iproto == 17:  # a UDP direction gone quiet (pipeline: UDP_QUIET_DATAGRAMS)
+                                hit = udp_skip_get(key)
+                    elif ext_ip >> 4 == 6 and cap >= 118:  # inner IPv6, TCP right after its header
+                        plen, nh, key, tcp = fast6(buf, off)
+                        if (nh == 6 and cap - plen == 98 and not tcp & 0x07 and tcp >= 0x5000
+                                and plen >= (tcp_end := (tcp >> 12) * 4)):
+                            if workers > 1 and (int.from_bytes(key[:16], "big") ^ int.from_bytes(key[16:32], "big")) % workers != me:
+                                off = end
+                                continue  # another worker's flow (pipeline.owner)
+                            hit = (flows_get if plen == tcp_end else skip_get)(key)
+                            itot = plen + 20  # the counters below take itot - 20: the TCP segment's length
                     if hit is not None:
                         off = end
                         flow, idx = hit
@@ -228,7 +258,7 @@ def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
 
 def walk_batch(tap: Tap, buf: bytes, recs: list[int]) -> None:
     """The packets of one batch (``read_batches``): the same fast test as ``walk_pcap``."""
-    fast, slow = _fast_n3, tap.feed_at
+    fast, fast6, slow = _fast_n3, _fast_n3_v6, tap.feed_at
     flows = tap.flows
     flows_get, skip_get, udp_skip_get = flows.table(IPPROTO_TCP).get, flows.skip.get, flows.udp_skip.get
     lru_touch, touch_ns, gtp_room = flows.lru.move_to_end, LRU_TOUCH_NS, _GTP_ROOM
@@ -256,14 +286,25 @@ def walk_batch(tap: Tap, buf: bytes, recs: list[int]) -> None:
                         and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
                     continue  # a G-PDU of another worker's flow (pipeline.owner): not ours to decode
                 if (0x08004500 <= eth_ip <= 0x080045FF and flen - otot == 14 and frag_proto & 0x3FFF00FF == 17
-                        and gtp == gtp_room + flen and ext == 0x8501 and ext_ip == 0x0045 and flen - itot == 58
+                        and gtp == gtp_room + flen and ext == 0x8501
                         and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
-                    iproto = ifrag_proto & 0x3FFF00FF
-                    if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):
-                        # a bare ACK: any flow; data: a direction with nothing left to inspect
-                        hit = (flows_get if itot == tcp_end else skip_get)(key)
-                    else:  # a UDP direction gone quiet (pipeline: UDP_QUIET_DATAGRAMS), else the full decoder
-                        hit = udp_skip_get(key) if iproto == 17 else None
+                    hit = None
+                    if ext_ip == 0x0045:  # inner IPv4 without options
+                        if flen - itot == 58:
+                            iproto = ifrag_proto & 0x3FFF00FF
+                            if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):
+                                # a bare ACK: any flow; data: a direction with nothing left to inspect
+                                hit = (flows_get if itot == tcp_end else skip_get)(key)
+                            elif iproto == 17:  # a UDP direction gone quiet (pipeline: UDP_QUIET_DATAGRAMS)
+                                hit = udp_skip_get(key)
+                    elif ext_ip >> 4 == 6 and flen >= 118:  # inner IPv6, TCP right after its header
+                        plen, nh, key, tcp = fast6(buf, start)
+                        if (nh == 6 and flen - plen == 98 and not tcp & 0x07 and tcp >= 0x5000
+                                and plen >= (tcp_end := (tcp >> 12) * 4)):
+                            if workers > 1 and (int.from_bytes(key[:16], "big") ^ int.from_bytes(key[16:32], "big")) % workers != me:
+                                continue  # another worker's flow (pipeline.owner)
+                            hit = (flows_get if plen == tcp_end else skip_get)(key)
+                            itot = plen + 20  # the counters below take itot - 20: the TCP segment's length
                     if hit is not None:
                         flow, idx = hit
                         if ts_ns > flow.touch_at:

@@ -244,3 +244,26 @@ def test_quiet_udp_directions_are_skipped_alike(tmp_path: Path) -> None:
     tap = Tap(TapConfig(), lambda _e: None)
     tap.consume_batches(read_batches(path, tap.stats, runs=True))
     assert [flow.addrs[3] for flow, _ in tap.flows.udp_skip.values()] == [40002]  # the media direction only
+
+
+def test_mixed_workload_with_ipv6_inside(tmp_path: Path) -> None:
+    """The mixed N3 workload (a third of its flows IPv6 in GTP-U): the same events and counters
+    on every path, and IPv6 bulk segments take the fast path as IPv4 ones do."""
+    from tests.support.n3_workload import generate_mixed
+
+    path = tmp_path / "mixed.pcap"
+    generate_mixed(path, 20_000, 60, 5)
+    assert_same(path, flows=True)
+    v6_tcp = sum(1 for _, _, f in read_packets(path) if len(f) > 64 and f[58] >> 4 == 6 and f[64] == 6)
+    slow_v6: list[int] = []
+    tap = Tap(TapConfig(), lambda _e: None)
+    full = tap.feed_at
+
+    def counting(ts_ns: int, linktype: int, data: bytes, off: int, end: int) -> None:
+        if end - off > 64 and data[off + 58] >> 4 == 6 and data[off + 64] == 6:
+            slow_v6.append(1)
+        full(ts_ns, linktype, data, off, end)
+
+    tap.feed_at = counting  # type: ignore[method-assign]
+    tap.consume_batches(read_batches(path, tap.stats, runs=True))
+    assert v6_tcp > 1000 and len(slow_v6) < v6_tcp / 2, (v6_tcp, len(slow_v6))
