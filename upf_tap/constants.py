@@ -46,7 +46,7 @@ GTPU_EXT_PDU_SESSION_CONTAINER = 0x85
 
 # tap defaults
 DEFAULT_TAP_ID = "upf1"
-DEFAULT_STREAM_DEPTH = 16 * 1024      # bytes inspected per TCP direction (like Suricata's stream.depth)
+DEFAULT_STREAM_DEPTH = 16 * 1024      # bytes held per TCP direction for one unparsed message (tcp_stream.py)
 DEFAULT_MAX_FLOWS = 262_144
 DEFAULT_FLOW_IDLE_TIMEOUT = 120.0     # seconds without a packet
 DEFAULT_FLOW_HARD_TIMEOUT = 3600.0    # seconds since the first packet

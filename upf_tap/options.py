@@ -35,7 +35,8 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                    help="UE address pool(s) for telling the UE side (default 10.45.0.0/16 and 2001:db8:cafe::/48)")
     p.add_argument("--flows", action="store_true", help="also emit flow.start / flow.end events")
     p.add_argument("--depth", type=int, default=DEFAULT_STREAM_DEPTH, metavar="BYTES",
-                   help=f"bytes inspected per TCP direction (default {DEFAULT_STREAM_DEPTH})")
+                   help=f"most bytes held for one unparsed message per TCP direction; a longer message "
+                        f"ends its direction (default {DEFAULT_STREAM_DEPTH})")
     p.add_argument("--max-flows", type=int, default=DEFAULT_MAX_FLOWS, metavar="N",
                    help=f"flow table cap, least recently used evicted first (default {DEFAULT_MAX_FLOWS})")
     p.add_argument("--idle-timeout", type=float, default=DEFAULT_FLOW_IDLE_TIMEOUT, metavar="S",
