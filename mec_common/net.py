@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import struct
+
+
+def internet_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
 
 def parse_host_port(text: str, *, default_host: str | None = None) -> tuple[str, int]:
     """'HOST:PORT', '[v6]:PORT' or, with ``default_host``, ':PORT' -> (host, port).

@@ -119,10 +119,7 @@ def _read_shared(args: argparse.Namespace, cfg: Any, out: TextIO) -> int:
                         tap.finish()
                     with open(os.path.join(tmp, f"{k}.counters"), "w", encoding="utf-8") as f:
                         json.dump(tap.counters(), f)
-                except CaptureError as e:
-                    print(f"upf-tap: error: {e}", file=sys.stderr)
-                    code = 2
-                except ValueError as e:  # a bad identity file
+                except (CaptureError, ValueError) as e:  # an unreadable capture, a bad identity file
                     print(f"upf-tap: error: {e}", file=sys.stderr)
                     code = 2
                 except BaseException:  # a worker must never return into the parent's code

@@ -112,17 +112,14 @@ def walk_pcap(tap: Tap, run: PcapRun) -> None:
                 next_expiry = tap.next_expiry
             if incl >= min_fast:
                 eth_ip, otot, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, off)
-                if (workers > 1 and ext == 0x8501 and ext_ip == 0x0045 and gtp >> 16 == 0x34FF
-                        and 0x08004500 <= eth_ip <= 0x080045FF and frag_proto & 0x3FFF00FF == 17
-                        and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me
-                        and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
-                    off = end  # a G-PDU of another worker's flow (pipeline.owner): not ours to decode
-                    continue
                 if (0x08004500 <= eth_ip <= 0x080045FF and incl - otot == 14 and frag_proto & 0x3FFF00FF == 17
                         and gtp == gtp_room + incl and ext == 0x8501
                         and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
                     hit = None
                     if ext_ip == 0x0045:  # inner IPv4 without options
+                        if workers > 1 and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me:
+                            off = end
+                            continue  # another worker's flow (pipeline.owner)
                         if incl - itot == 58:
                             iproto = ifrag_proto & 0x3FFF00FF
                             if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):
@@ -207,17 +204,14 @@ def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
                 next_expiry = tap.next_expiry
             if cap >= min_fast:
                 eth_ip, otot, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, off)
-                if (workers > 1 and ext == 0x8501 and ext_ip == 0x0045 and gtp >> 16 == 0x34FF
-                        and 0x08004500 <= eth_ip <= 0x080045FF and frag_proto & 0x3FFF00FF == 17
-                        and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me
-                        and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
-                    off = end  # a G-PDU of another worker's flow (pipeline.owner): not ours to decode
-                    continue
                 if (0x08004500 <= eth_ip <= 0x080045FF and cap - otot == 14 and frag_proto & 0x3FFF00FF == 17
                         and gtp == gtp_room + cap and ext == 0x8501
                         and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
                     hit = None
                     if ext_ip == 0x0045:  # inner IPv4 without options
+                        if workers > 1 and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me:
+                            off = end
+                            continue  # another worker's flow (pipeline.owner)
                         if cap - itot == 58:
                             iproto = ifrag_proto & 0x3FFF00FF
                             if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):
@@ -280,16 +274,13 @@ def walk_batch(tap: Tap, buf: bytes, recs: list[int]) -> None:
             flen = end - start
             if use_fast and linktype == 1 and flen >= 98:
                 eth_ip, otot, frag_proto, ports, gtp, ext, ext_ip, itot, ifrag_proto, key, tcp = fast(buf, start)
-                if (workers > 1 and ext == 0x8501 and ext_ip == 0x0045 and gtp >> 16 == 0x34FF
-                        and 0x08004500 <= eth_ip <= 0x080045FF and frag_proto & 0x3FFF00FF == 17
-                        and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me
-                        and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
-                    continue  # a G-PDU of another worker's flow (pipeline.owner): not ours to decode
                 if (0x08004500 <= eth_ip <= 0x080045FF and flen - otot == 14 and frag_proto & 0x3FFF00FF == 17
                         and gtp == gtp_room + flen and ext == 0x8501
                         and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
                     hit = None
                     if ext_ip == 0x0045:  # inner IPv4 without options
+                        if workers > 1 and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me:
+                            continue  # another worker's flow (pipeline.owner)
                         if flen - itot == 58:
                             iproto = ifrag_proto & 0x3FFF00FF
                             if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):

@@ -35,8 +35,9 @@ from testbed.corpus.oracle import (
     oracle_signature,
     tshark_version,
 )
-from testbed.corpus.tunnel import Tunneller, tunnel_file, write_pcap_header
+from testbed.corpus.tunnel import Tunneller, tunnel_file, write_pcap_header, write_record
 from upf_tap.capture.common import CaptureError
+from upf_tap.capture.pcapfile import read_packets
 
 # The public test corpora read by default: folders of real captures (many protocols, real
 # clients and servers) in projects whose tests decode them. A source absent under the
@@ -232,9 +233,6 @@ def captures(out: Path, manifest: dict[str, Any]) -> Iterator[tuple[str, Path]]:
 
 def merge(out: Path, manifest: dict[str, Any], dest: Path) -> int:
     """Every capture of the corpus in one file, end to end and an hour apart. Returns packets."""
-    from testbed.corpus.tunnel import write_record
-    from upf_tap.capture.pcapfile import read_packets
-
     total = 0
     clock = 0
     with dest.open("wb") as f:

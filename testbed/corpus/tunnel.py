@@ -25,8 +25,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from mec_common.net import internet_checksum
+from testbed.sim.gtpu import PDU_TYPE_DL, PDU_TYPE_UL, encode_gpdu
 from upf_tap.capture.pcapfile import read_packets
-from upf_tap.constants import GTPU_EXT_PDU_SESSION_CONTAINER, GTPU_GPDU, GTPU_PORT
+from upf_tap.constants import GTPU_PORT
 from upf_tap.decode.link import ip_offset
 
 GNB_IP = bytes((10, 100, 0, 1))
@@ -35,8 +37,6 @@ GNB_MAC = bytes.fromhex("02000a640001")
 UPF_MAC = bytes.fromhex("02000a640002")
 DEFAULT_QFI = 9
 FIRST_TEID = 0x1000
-PDU_TYPE_DL = 0  # TS 38.415 §5.5.2.1
-PDU_TYPE_UL = 1  # §5.5.2.2
 WELL_KNOWN_MAX = 1023
 EPHEMERAL_MIN = 1024
 # outer Ethernet + IPv4 + UDP + GTP-U (8 + 4 optional) + container (4)
@@ -51,15 +51,7 @@ _pcap_header = struct.Struct("<IHHiIII")
 _record = struct.Struct("<IIII")
 _u16 = struct.Struct("!H").unpack_from
 _ipv4 = struct.Struct("!BBHHHBBH4s4s")
-_udp_gtpu = struct.Struct("!HHHHBBHIHBB")  # UDP, then GTP-U with seq/N-PDU/next-type
-_container = struct.Struct("!BBBB")
-
-
-def _csum(hdr: bytes) -> int:
-    s = sum(struct.unpack(f"!{len(hdr) // 2}H", hdr))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+_udp = struct.Struct("!HHHH")
 
 
 class Tunneller:
@@ -138,18 +130,15 @@ class Tunneller:
         src, _dst, ue = who
         ul_teid, dl_teid = self.teids(ue)
         uplink = src == ue
-        glen = 4 + 4 + len(pkt)  # seq/N-PDU/next-type + container + payload
-        udp_len = 8 + 8 + glen
+        gpdu = encode_gpdu(ul_teid if uplink else dl_teid, pkt, self.qfi, PDU_TYPE_UL if uplink else PDU_TYPE_DL)
+        udp_len = 8 + len(gpdu)
         self._ident = (self._ident + 1) & 0xFFFF
         osrc, odst = (GNB_IP, UPF_IP) if uplink else (UPF_IP, GNB_IP)
         hdr = _ipv4.pack(0x45, 0, 20 + udp_len, self._ident, 0x4000, 64, 17, 0, osrc, odst)
-        hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+        hdr = hdr[:10] + struct.pack("!H", internet_checksum(hdr)) + hdr[12:]
         eth = (UPF_MAC + GNB_MAC if uplink else GNB_MAC + UPF_MAC) + b"\x08\x00"
-        gtp = _udp_gtpu.pack(GTPU_PORT, GTPU_PORT, udp_len, 0, 0x34, GTPU_GPDU, glen,
-                             ul_teid if uplink else dl_teid, 0, 0, GTPU_EXT_PDU_SESSION_CONTAINER)
-        ext = _container.pack(1, (PDU_TYPE_UL if uplink else PDU_TYPE_DL) << 4, self.qfi & 0x3F, 0)
         self.stats["uplink" if uplink else "downlink"] += 1
-        return eth + hdr + gtp + ext + pkt
+        return eth + hdr + _udp.pack(GTPU_PORT, GTPU_PORT, udp_len, 0) + gpdu
 
 
 def write_pcap_header(out: BinaryIO) -> None:

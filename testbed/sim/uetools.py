@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from mec_common.net import internet_checksum
+
 ICMP_ECHO_REQUEST = 8
 ICMP_ECHO_REPLY = 0
 DNS_TYPE_A = 1
@@ -23,19 +25,10 @@ IP_MTU_DISCOVER = 10     # linux/in.h (not exported by Python 3.11's socket modu
 IP_PMTUDISC_DO = 2       # always set DF, fail locally with EMSGSIZE above the path MTU
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
 def echo_request(ident: int, seq: int, size: int) -> bytes:
     payload = (b"mec-sim-" * (size // 8 + 1))[:size]
     hdr = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, _checksum(hdr + payload), ident, seq) + payload
+    return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, internet_checksum(hdr + payload), ident, seq) + payload
 
 
 def ping(host: str, count: int, timeout: float, size: int, dont_fragment: bool) -> int:

@@ -25,6 +25,8 @@ from scapy.layers.tls.extensions import (
 )
 from scapy.layers.tls.handshake import TLSClientHello
 
+from tests.support.frames import varint
+
 HERE = Path(__file__).resolve().parent
 RFC9001_DCID = bytes.fromhex("8394c8f03e515708")
 # initial salts by version: RFC 9001, RFC 9369, draft-ietf-quic-tls-29 (also what clients use
@@ -104,16 +106,6 @@ def initial_keys(dcid: bytes, version: int = 1, side: bytes = b"client in") -> t
         _expand_label(secret, pre + b"iv", 12),
         _expand_label(secret, pre + b"hp", 16),
     )
-
-
-def varint(v: int) -> bytes:
-    if v < 0x40:
-        return bytes([v])
-    if v < 0x4000:
-        return struct.pack("!H", v | 0x4000)
-    if v < 0x40000000:
-        return struct.pack("!I", v | 0x80000000)
-    return struct.pack("!Q", v | 0xC000000000000000)
 
 
 def crypto_frame(offset: int, data: bytes) -> bytes:

@@ -13,6 +13,17 @@ GTPU_GPDU = 0xFF
 EXT_PDU_SESSION_CONTAINER = 0x85
 
 
+def varint(v: int) -> bytes:
+    """A QUIC variable-length integer (RFC 9000 §16)."""
+    if v < 0x40:
+        return bytes([v])
+    if v < 0x4000:
+        return struct.pack("!H", v | 0x4000)
+    if v < 0x40000000:
+        return struct.pack("!I", v | 0x80000000)
+    return struct.pack("!Q", v | 0xC000000000000000)
+
+
 def csum(data: bytes) -> int:
     """The Internet checksum (RFC 1071) of ``data``."""
     if len(data) % 2:

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.support.frames import csum, gtpu
+from tests.support.frames import csum, gtpu, varint
 
 GNB = socket.inet_aton("192.168.100.10")
 UPF = socket.inet_aton("192.168.100.20")
@@ -259,17 +259,6 @@ def _tcpo(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, fl
     return hdr[:16] + struct.pack("!H", c) + hdr[18:] + data
 
 
-def _vi(v: int) -> bytes:
-    """A QUIC variable-length integer (RFC 9000 §16)."""
-    if v < 0x40:
-        return bytes([v])
-    if v < 0x4000:
-        return struct.pack("!H", v | 0x4000)
-    if v < 0x40000000:
-        return struct.pack("!I", v | 0x80000000)
-    return struct.pack("!Q", v | 0xC000000000000000)
-
-
 def _ext(etype: int, data: bytes) -> bytes:
     return struct.pack("!HH", etype, len(data)) + data
 
@@ -312,9 +301,9 @@ def chrome_client_hello(rng: random.Random, sni: str, *, quic_scid: bytes | None
     if quic_scid is None:
         exts += [_ext(0xFF01, b"\0"), _ext(0x000B, b"\x01\0"), _ext(0x0023, b"")]
     else:
-        tp = b"".join(_vi(k) + _vi(len(v)) + v for k, v in (
-            (0x01, _vi(30000)), (0x03, _vi(1472)), (0x04, _vi(15728640)), (0x05, _vi(6291456)),
-            (0x06, _vi(6291456)), (0x07, _vi(6291456)), (0x08, _vi(100)), (0x09, _vi(103)),
+        tp = b"".join(varint(k) + varint(len(v)) + v for k, v in (
+            (0x01, varint(30000)), (0x03, varint(1472)), (0x04, varint(15728640)), (0x05, varint(6291456)),
+            (0x06, varint(6291456)), (0x07, varint(6291456)), (0x08, varint(100)), (0x09, varint(103)),
             (0x0F, quic_scid), (31 * rng.randrange(1, 1000) + 27, rng.randbytes(rng.randrange(1, 16)))))
         exts.append(_ext(0x0039, tp))
     if ech:
@@ -608,15 +597,15 @@ class _Mixed:
         else:
             parts = [[(0, hello)]]
         for i, part in enumerate(parts):
-            frames = b"".join((b"\x01" * rng.randrange(0, 3)) + b"\x06" + _vi(off) + _vi(len(d)) + d
+            frames = b"".join((b"\x01" * rng.randrange(0, 3)) + b"\x06" + varint(off) + varint(len(d)) + d
                               + bytes(rng.randrange(0, 8)) for off, d in part)
             yield True, f.udp(True, quic_initial(dcid, cscid, frames, cpn, pad_to=1250)), \
                 "quic.initial" if i == len(parts) - 1 else None
             cpn += 1
         # the server's Initial (ServerHello) coalesced with its first Handshake packet, then more Handshake
         sh = server_hello(rng, b"")
-        ack = b"\x02" + _vi(cpn - 1) + b"\0\0\0"
-        init = quic_initial(cscid, sscid, ack + b"\x06\0" + _vi(len(sh)) + sh, spn, key_dcid=dcid, server=True)
+        ack = b"\x02" + varint(cpn - 1) + b"\0\0\0"
+        init = quic_initial(cscid, sscid, ack + b"\x06\0" + varint(len(sh)) + sh, spn, key_dcid=dcid, server=True)
         spn += 1
         for n in range(rng.randrange(2, 5)):
             size = QUIC_MAX - (len(init) if n == 0 else 0)

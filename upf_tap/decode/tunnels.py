@@ -33,12 +33,13 @@ def _ethernet(data: bytes, off: int, end: int) -> Inner:
     return (version, off + where) if not isinstance(where, str) else (0, where)
 
 
-def _ethertype(kind: int, off: int) -> Inner:
+def _ethertype(kind: int, off: int, other: str = "gre.other_protocol") -> Inner:
+    """The IP packet at ``off`` of an EtherType-numbered payload, or ``other`` for anything else."""
     if kind == GRE_IPV4:
         return 4, off
     if kind == GRE_IPV6:
         return 6, off
-    return 0, "gre.other_protocol"
+    return 0, other
 
 
 def gre(data: bytes, off: int, end: int) -> Inner:
@@ -107,8 +108,7 @@ def wlan(data: bytes, off: int, end: int) -> Inner:
     p = off + 24 + (6 if fc1 & 0x03 == 0x03 else 0) + (2 if fc0 & 0x80 else 0)  # 4th address, QoS control
     if data[p : p + 6] != LLC_SNAP or p + 8 > end:
         return 0, "wlan.not_snap"
-    return _ethertype(_u16(data, p + 6)[0], p + 8) if _u16(data, p + 6)[0] in (GRE_IPV4, GRE_IPV6) \
-        else (0, "wlan.not_ip")
+    return _ethertype(_u16(data, p + 6)[0], p + 8, "wlan.not_ip")
 
 
 def geneve(data: bytes, off: int, end: int) -> Inner:
@@ -119,7 +119,7 @@ def geneve(data: bytes, off: int, end: int) -> Inner:
     kind = _u16(data, off + 2)[0]
     if kind == GRE_ETHERNET:
         return _ethernet(data, p, end)
-    return _ethertype(kind, p) if kind in (GRE_IPV4, GRE_IPV6) else (0, "geneve.other_protocol")
+    return _ethertype(kind, p, "geneve.other_protocol")
 
 
 def vxlan(data: bytes, off: int, end: int) -> Inner:
