@@ -97,7 +97,8 @@ def main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, *,
     A :class:`CommandError`, or one of ``errors``, becomes one line ``<prefix><error>`` on
     stderr (``prefix`` defaults to argparse's ``"<prog>: error: "``) and the command's
     exit code (``CommandError.code``, else ``Command.error_exit``). With ``interrupt``,
-    Ctrl-C prints ``<prog>: interrupted`` and exits 130.
+    Ctrl-C prints ``<prog>: interrupted`` and exits 130. A reader that goes away (``| head``)
+    ends the command quietly, as a pipeline expects.
     """
     args = parser.parse_args(argv)
     lead = f"{parser.prog}: error: " if prefix is None else prefix
@@ -114,6 +115,15 @@ def main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, *,
             raise
         _say(f"{parser.prog}: interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stdout's reader closed it: point stdout at /dev/null, so that the flush at exit
+        # does not fail again, and stop
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
 
 
 def _say(line: str) -> None:

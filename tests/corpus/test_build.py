@@ -296,3 +296,18 @@ def test_score_without_tshark_is_one_line_and_exit_2(corpus: dict[str, Any], tmp
     (out / "oracle" / "name__caps__b.json").write_text('["not", "an", "oracle"]')
     res = run_testbed("corpus", "score", out, "--min", "0.99")
     assert res.returncode == 0 and "tshark on 1 captures" in res.stderr, res.stdout + res.stderr
+
+
+def test_score_into_a_closed_pipe_ends_quietly(corpus: dict[str, Any]) -> None:
+    """`testbed corpus score DIR | head -1`: the reader goes away after one line; the command
+    ends with status 0 and no traceback (mec_common.cli turns BrokenPipeError into a quiet stop)."""
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "corpus", "score", str(corpus["out"])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # as `head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert first.startswith(b"kind") and "Traceback" not in err and "BrokenPipe" not in err
