@@ -1,28 +1,41 @@
 """The detector's HTTP API (aiohttp): ingest, relay, probes, metrics, sources, dead letters.
 
-POST /v1/events        NDJSON AppEvents, Bearer token; 202 once durable, 400 with reasons per
-                       line (valid lines are kept), 401, 413, 503 when draining or overloaded
+POST /v1/events        AppEvents as NDJSON (or one JSON object / array), Bearer token; 202 once
+                       durable, 400 with reasons per line (valid lines are kept), 401, 413, 415,
+                       503 + Retry-After when draining, overloaded or the outbox cannot store
 POST / , /v1/cloudevents   one CloudEvent (binary or structured), relayed to the sink
 GET  /healthz /readyz /metrics   probes and Prometheus text (no token)
 GET  /v1/sources  /v1/deadletters   (token)
+GET  /openapi.json     the OpenAPI 3.1 description of all of these (detector/openapi.yaml)
 
 The bearer token is checked by one middleware for the routes marked `_token_required`; the app
 runs the detector's life cycle (`cleanup_ctx`: start on startup, stop on cleanup, after the
-requests in flight finished) and refuses new ingest from shutdown on.
+requests in flight finished) and refuses new ingest from shutdown on. Every error answer is
+JSON `{"error": reason}` (aiohttp's own 404/405 included).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
 from detector.metrics import CONTENT_TYPE
-from detector.service import Batch, Detector
+from detector.openapi import OPENAPI_PATH, document_bytes
+from detector.service import Batch, Detector, first_line
+
+log = logging.getLogger("detector")
+STORE_RETRY_AFTER = "5"   # seconds: a full disk rarely clears within one
+# Content types read as NDJSON; aiohttp reports a missing Content-Type as application/octet-stream
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/x-jsonlines", "text/plain",
+                          "application/octet-stream"})
+JSON_TYPE = "application/json"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -52,7 +65,25 @@ def _authorized(token: str | None, request: web.Request) -> bool:
         return True
     auth = request.headers.get("Authorization", "")
     scheme, _, given = auth.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    # aiohttp keeps non-UTF-8 header bytes as surrogates: encode them back rather than fail (500)
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token.encode())
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error answer carries a JSON reason: aiohttp's own (404, 405, ...) too; an unexpected
+    exception is logged and becomes a 500 with its one-line reason."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        headers = {k: v for k, v in e.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return _json(e.status, {"error": e.reason.lower()}, headers)
+    except Exception as e:
+        log.exception("%s %s failed", request.method, request.path)
+        return _json(500, {"error": f"internal error: {first_line(e)}"})
 
 
 @web.middleware
@@ -102,28 +133,64 @@ async def _read(det: Detector, request: web.Request) -> bytes | web.Response:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _json(413, {"error": f"body over {det.cfg.max_body_bytes} bytes"})
+    except web.RequestPayloadError as e:
+        # e.g. a body that does not follow its Content-Encoding (aiohttp decompresses it): the client's fault
+        return _json(400, {"error": f"cannot read the body: {_payload_reason(e)}"})
+
+
+def _payload_reason(e: BaseException) -> str:
+    """aiohttp's payload errors say "400, message:" and keep the cause below."""
+    causes = [c for c in (e.__cause__, e.__cause__ and e.__cause__.__context__) if c is not None]
+    for c in causes:
+        if not isinstance(c, aiohttp.http_exceptions.HttpProcessingError) and str(c):
+            return first_line(c)
+    return "malformed payload"
+
+
+async def _persist(det: Detector, b: Batch) -> web.Response | None:
+    """Store `b`; None once durable, else the 503 that makes the sender retry (nothing of it may be
+    answered 2xx: a disk full, an I/O error or a closed outbox all mean "not stored")."""
+    try:
+        await det.persist(b)
+    except Exception as e:
+        det.metrics.store_failed += 1
+        return _json(503, {"error": f"outbox cannot store events: {first_line(e)}"},
+                     {"Retry-After": STORE_RETRY_AFTER})
+    return None
+
+
+def _unsupported_type(request: web.Request) -> web.Response | None:
+    """415 for a body that is neither NDJSON nor JSON (a form, say), before reading it."""
+    ctype = request.content_type
+    if ctype == JSON_TYPE or ctype in NDJSON_TYPES:
+        return None
+    return _json(415, {"error": f"unsupported Content-Type {ctype}: send application/x-ndjson "
+                                f"(one AppEvent per line) or application/json"})
 
 
 @_ingest
 @_token_required
 async def post_events(request: web.Request) -> web.Response:
     det = request.app[DETECTOR_KEY]
+    refused = _unsupported_type(request)
+    if refused is not None:
+        return refused
     body = await _read(det, request)
     if isinstance(body, web.Response):
         return body
     b = Batch()
-    accepted, dup, rejected = det.process_lines(body, b)
-    try:
-        await det.persist(b)
-    except Exception as e:
-        return _json(500, {"error": f"outbox write failed: {e}"})
+    parse = det.process_json if request.content_type == JSON_TYPE else det.process_lines
+    accepted, dup, rejected = parse(body, b)
+    refused = await _persist(det, b)
+    if refused is not None:
+        return refused
     det.metrics.ingest_accepted += accepted
     det.metrics.ingest_rejected += len(rejected)
     answer = {"accepted": accepted, "duplicates": dup, "emitted": len(b.rows), "rejected": rejected}
     if rejected:
         return _json(400, answer)
     if not accepted and not dup:
-        return _json(400, {**answer, "error": "empty body: expected NDJSON AppEvents"})
+        return _json(400, {**answer, "error": "empty body: expected AppEvents (NDJSON, one per line)"})
     return _json(202, answer)
 
 
@@ -140,17 +207,16 @@ async def post_cloudevent(request: web.Request) -> web.Response:
             raise ValueError("only CloudEvents 1.0 are relayed")
     except Exception as e:
         det.metrics.ingest_rejected += 1
-        return _json(400, {"error": f"not a CloudEvent: {str(e).splitlines()[0] if str(e) else type(e).__name__}"})
+        return _json(400, {"error": f"not a CloudEvent: {first_line(e)}"})
     b = Batch()
     try:
         fresh = det.process_cloudevent(ce, b)
     except Exception as e:
         det.metrics.ingest_rejected += 1
-        return _json(400, {"error": f"cannot relay CloudEvent: {str(e).splitlines()[0]}"})
-    try:
-        await det.persist(b)
-    except Exception as e:
-        return _json(500, {"error": f"outbox write failed: {e}"})
+        return _json(400, {"error": f"cannot relay CloudEvent: {first_line(e)}"})
+    refused = await _persist(det, b)
+    if refused is not None:
+        return refused
     det.metrics.ingest_accepted += 1
     return _json(202, {"accepted": 1, "duplicates": 0 if fresh else 1})
 
@@ -182,9 +248,13 @@ async def get_sources(request: web.Request) -> web.Response:
 async def get_deadletters(request: web.Request) -> web.Response:
     det = request.app[DETECTOR_KEY]
     if det.outbox is None:
-        return _json(503, {"error": "outbox closed"})
+        return _json(503, {"error": "outbox closed"}, {"Retry-After": "1"})
     rows = await det.db(det.outbox.dead_letters, 100)
     return _json(200, {"deadletters": rows})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=document_bytes(), content_type="application/json")
 
 
 async def _detector_life(app: web.Application) -> AsyncIterator[None]:
@@ -203,18 +273,25 @@ async def _refuse_new_ingest(app: web.Application) -> None:
     app[DETECTOR_KEY].draining = True
 
 
+# every route; detector/openapi.yaml documents exactly these (tests/detector/test_det_openapi.py)
+POSTS: tuple[tuple[str, Handler], ...] = (("/v1/events", post_events), ("/", post_cloudevent),
+                                          ("/v1/cloudevents", post_cloudevent))
+GETS: tuple[tuple[str, Handler], ...] = (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics),
+                                         ("/v1/sources", get_sources), ("/v1/deadletters", get_deadletters),
+                                         (OPENAPI_PATH, openapi))
+
+
 def make_app(det: Detector) -> web.Application:
     # the body limit is enforced by us (413 with a JSON reason); aiohttp's own check backs it up
-    app = web.Application(client_max_size=det.cfg.max_body_bytes, middlewares=[count_ingest, bearer_token, ingest_admission])
+    app = web.Application(client_max_size=det.cfg.max_body_bytes,
+                          middlewares=[json_errors, count_ingest, bearer_token, ingest_admission])
     app[DETECTOR_KEY] = det
     app.cleanup_ctx.append(_detector_life)
     app.on_shutdown.append(_refuse_new_ingest)
-    app.router.add_post("/v1/events", post_events)
-    app.router.add_post("/", post_cloudevent)
-    app.router.add_post("/v1/cloudevents", post_cloudevent)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/v1/sources", get_sources)
-    app.router.add_get("/v1/deadletters", get_deadletters)
+    for path, handler in POSTS:
+        app.router.add_post(path, handler)
+    for path, handler in GETS:
+        # no implicit HEAD: the routes are exactly the operations of openapi.yaml (a test checks)
+        app.router.add_get(path, handler, allow_head=False)
     return app
+

@@ -24,7 +24,7 @@ def add_serve_parser(subparsers: cli.SubParsers) -> argparse.ArgumentParser:
         "serve", help="ingest AppEvents, emit CloudEvents to the sink",
         description="Ingest AppEvents (NDJSON on POST /v1/events) and deliver CloudEvents to the "
                     "sink. Environment: K_SINK, K_CE_OVERRIDES, DETECTOR_TOKEN, DETECTOR_ID, "
-                    "DETECTOR_STATE_DIR.")
+                    "DETECTOR_STATE_DIR, DETECTOR_TLS_CERT, DETECTOR_TLS_KEY.")
     s.add_argument("--listen", metavar="HOST:PORT", help=f"where to listen (default {DEFAULT_LISTEN})")
     s.add_argument("--sink", metavar="URL", help="where CloudEvents go (default: $K_SINK)")
     s.add_argument("--outbox", metavar="PATH",
@@ -32,6 +32,9 @@ def add_serve_parser(subparsers: cli.SubParsers) -> argparse.ArgumentParser:
     s.add_argument("--rules", metavar="FILE", help="rules YAML (default: every AppEvent -> mec.upf.<kind>)")
     s.add_argument("--config", metavar="FILE", help="settings YAML (see docs/detector.md)")
     s.add_argument("--token-file", metavar="F", help="file holding the ingest bearer token (else $DETECTOR_TOKEN)")
+    s.add_argument("--tls-cert", metavar="FILE",
+                   help="serve ingest over HTTPS (TLS 1.2+) with this PEM certificate chain (else $DETECTOR_TLS_CERT)")
+    s.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert (else $DETECTOR_TLS_KEY)")
     s.add_argument("--insecure-no-token", action="store_true", help="accept ingest without a token (tests, demos)")
     s.add_argument("--structured", action="store_true", help="structured content mode (default: binary)")
     s.add_argument("--ingest-time", action="store_true",
@@ -56,7 +59,7 @@ def _config(args: argparse.Namespace) -> Config:
     cfg = Config()
     if args.config:
         apply_file(cfg, args.config)
-    for name in ("listen", "sink", "outbox", "rules", "detector_id"):
+    for name in ("listen", "sink", "outbox", "rules", "detector_id", "tls_cert", "tls_key"):
         v = getattr(args, name)
         if v:
             setattr(cfg, name, v)

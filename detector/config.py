@@ -1,6 +1,7 @@
 """Detector configuration: defaults, a YAML file, the environment and the command line.
 
-Precedence: command line > config file > environment (K_SINK, DETECTOR_TOKEN, ...) > defaults.
+Precedence: command line > config file > environment (K_SINK, DETECTOR_TOKEN, DETECTOR_TLS_CERT, ...)
+> defaults.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import os
 import re
 import socket
+import ssl
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -73,12 +75,14 @@ class Config:
     drain_timeout: float = 10.0
     ack_interval: float = 0.02        # how often delivered rows are deleted from the outbox
     sweep_interval: float = 1.0       # source expiry check
+    tls_cert: str | None = None       # PEM certificate chain: with tls_key, ingest is served over HTTPS
+    tls_key: str | None = None        # PEM private key (unencrypted) of tls_cert
 
 
 _INT_KEYS = {"max_body_bytes", "concurrency", "max_attempts", "dedupe_window", "max_pending"}
 _DURATION_KEYS = {"request_timeout", "backoff_base", "backoff_cap", "retry_after_cap", "drain_timeout",
                   "ack_interval", "sweep_interval"}
-_STR_KEYS = {"listen", "sink", "outbox", "rules", "detector_id", "durability"}
+_STR_KEYS = {"listen", "sink", "outbox", "rules", "detector_id", "durability", "tls_cert", "tls_key"}
 
 
 def apply_file(cfg: Config, path: str) -> None:
@@ -174,6 +178,56 @@ def check_writable_dir(path: str) -> None:
         raise ConfigError(f"outbox folder {d} is not writable: set --outbox or DETECTOR_STATE_DIR")
 
 
+def _read_pem(what: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read TLS {what} {path}: {e.strerror}") from None
+
+
+def _check_pem(cert: str, key: str) -> None:
+    """Parse both files first, so a bad one is named with the reason (OpenSSL only says "PEM lib")."""
+    # imported here, not at start: only a TLS start pays for it
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    cert_pem, key_pem = _read_pem("certificate", cert), _read_pem("key", key)
+    try:
+        x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise ConfigError(f"TLS certificate {cert}: not a PEM certificate") from None
+    try:
+        load_pem_private_key(key_pem, password=None)
+    except TypeError:   # cryptography's answer for an encrypted key without a password
+        raise ConfigError(f"TLS key {key}: encrypted private keys are not supported") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(f"TLS key {key}: not a PEM private key") from None
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """The HTTPS listener's context: TLS 1.2 at least, the platform's secure defaults; ConfigError
+    (one line naming the file) if the certificate or key cannot be used."""
+    _check_pem(cert, key)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except ssl.SSLError as e:
+        reason = "the key does not match the certificate" if e.reason == "KEY_VALUES_MISMATCH" else str(e)
+        raise ConfigError(f"cannot use TLS certificate {cert} with key {key}: {reason}") from None
+    return ctx
+
+
+def _finish_tls(cfg: Config, env: dict[str, str]) -> None:
+    cfg.tls_cert = cfg.tls_cert or env.get("DETECTOR_TLS_CERT") or None
+    cfg.tls_key = cfg.tls_key or env.get("DETECTOR_TLS_KEY") or None
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        raise ConfigError("TLS needs both a certificate and a key: --tls-cert FILE --tls-key FILE")
+    if cfg.tls_cert and cfg.tls_key:
+        server_ssl_context(cfg.tls_cert, cfg.tls_key)   # fail at start, not at the first connection
+
+
 def finish(cfg: Config, env: dict[str, str]) -> Config:
     """Fill what the environment gives and check the whole; raises ConfigError."""
     if not cfg.sink:
@@ -198,5 +252,6 @@ def finish(cfg: Config, env: dict[str, str]) -> Config:
     if cfg.concurrency < 1:
         raise ConfigError("concurrency must be at least 1")
     parse_listen(cfg.listen)
+    _finish_tls(cfg, env)
     check_writable_dir(cfg.outbox)
     return cfg

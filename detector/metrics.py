@@ -34,6 +34,8 @@ COUNTERS = (
     ("detector_ingest_accepted_total", "events durably accepted", "ingest_accepted"),
     ("detector_ingest_rejected_total", "NDJSON lines refused", "ingest_rejected"),
     ("detector_ingest_duplicates_total", "AppEvents skipped as duplicates", "ingest_duplicates"),
+    ("detector_ingest_store_failed_total", "ingest requests answered 503 because the outbox could not store them",
+     "store_failed"),
     ("detector_unauthorized_total", "requests refused for a missing or wrong token", "unauthorized"),
     ("detector_cloudevents_emitted_total", "CloudEvents written to the outbox", "emitted"),
     ("detector_events_dropped_total", "AppEvents dropped by rules", "dropped"),
@@ -83,6 +85,7 @@ class Metrics(Collector):
         self.ingest_accepted = 0      # AppEvents (or CloudEvents) durably accepted
         self.ingest_rejected = 0      # lines refused (bad JSON, schema)
         self.ingest_duplicates = 0    # AppEvents skipped as already seen
+        self.store_failed = 0         # ingest requests answered 503: the outbox refused the write (disk full, …)
         self.unauthorized = 0
         self.emitted = 0              # CloudEvents written to the outbox
         self.dropped = 0              # AppEvents dropped by a rule or by `unmatched: drop`

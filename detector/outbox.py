@@ -51,6 +51,14 @@ class OutboxError(RuntimeError):
     pass
 
 
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back what is left of a failed transaction. SQLite may have rolled it back itself (it
+    does on SQLITE_FULL and some I/O errors), and a second ROLLBACK would then raise "no
+    transaction is active", hiding the error that matters."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
 @dataclass(slots=True)
 class Row:
     seq: int
@@ -145,7 +153,7 @@ class Outbox:
                 db.executemany("DELETE FROM sources WHERE key=?", [(k,) for k in delete_sources])
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
 
     def ack(self, seqs: list[int]) -> None:
@@ -156,7 +164,7 @@ class Outbox:
             db.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
 
     def dead_letter(self, row: Row, status: int | None, response: bytes, reason: str) -> None:
@@ -172,7 +180,7 @@ class Outbox:
             db.execute("DELETE FROM outbox WHERE seq=?", (row.seq,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:

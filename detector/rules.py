@@ -40,6 +40,9 @@ from detector.config import EXT_NAME, RESERVED_ATTRS, ConfigError, parse_duratio
 from detector.templates import Template, TemplateError, compile_tree
 
 Test = Callable[[Any], bool]
+# limiter changes, oldest first: (the table changed, "_last" or "_bucket", by name because `prune`
+# replaces them; its key; the value before, None: was absent)
+Journal = list[tuple[str, tuple[str, str], Any]]
 GROUPS = ("app", "ue", "flow", "tunnel")
 TOP_FIELDS = ("id", "kind", "point", "tap", "direction")
 DEFAULT_SUBJECT = "{ue.supi|ue.ip}"
@@ -236,7 +239,7 @@ class RuleSet:
         self._last: dict[tuple[str, str], float] = {}
         self._bucket: dict[tuple[str, str], list[float]] = {}
 
-    def _allow(self, rule: Rule, key: str, t: float) -> bool:
+    def _allow(self, rule: Rule, key: str, t: float, journal: Journal | None) -> bool:
         k = (rule.name, key)
         if rule.debounce > 0:
             last = self._last.get(k)
@@ -244,6 +247,8 @@ class RuleSet:
                 return False
         if rule.rate_count:
             b = self._bucket.get(k)
+            if journal is not None:
+                journal.append(("_bucket", k, None if b is None else list(b)))
             if b is None:
                 b = self._bucket[k] = [float(rule.rate_count), t]
             else:
@@ -253,11 +258,14 @@ class RuleSet:
                 return False
             b[0] -= 1.0
         if rule.debounce > 0:
+            if journal is not None:
+                journal.append(("_last", k, self._last.get(k)))
             self._last[k] = t
         return True
 
-    def evaluate(self, ev: dict[str, Any], key: str, t: float) -> Outcome:
-        """Which rules fire for `ev` (UE `key`, capture time `t` in seconds)."""
+    def evaluate(self, ev: dict[str, Any], key: str, t: float, journal: Journal | None = None) -> Outcome:
+        """Which rules fire for `ev` (UE `key`, capture time `t` in seconds). With a `journal`, the
+        limiter state it changes is recorded there, so that `undo` can take it back."""
         out = Outcome()
         for rule in self.rules:
             if not rule.matches(ev):
@@ -266,7 +274,7 @@ class RuleSet:
             if rule.emit is None:
                 out.dropped = True
                 return out
-            if self._allow(rule, key, t):
+            if self._allow(rule, key, t, journal):
                 out.emissions.append(rule)
             else:
                 out.suppressed += 1
@@ -278,6 +286,18 @@ class RuleSet:
             else:
                 out.emissions.append(DEFAULT_RULE)
         return out
+
+    def undo(self, journal: Journal, start: int = 0) -> None:
+        """Take back the limiter changes recorded in `journal[start:]` (newest first): events whose
+        CloudEvents were not stored must find debounce and rate limits as they were, or their retry
+        would be suppressed and the event lost."""
+        for name, k, old in reversed(journal[start:]):
+            table = getattr(self, name)
+            if old is None:
+                table.pop(k, None)
+            else:
+                table[k] = old
+        del journal[start:]
 
     def prune(self, horizon: float) -> None:
         """Forget limiter state older than `horizon` (capture-time seconds)."""

@@ -11,12 +11,13 @@ import asyncio
 import gc
 import logging
 import signal
+import ssl
 import sys
 
 from aiohttp import web
 
 from detector.api import make_app
-from detector.config import Config, parse_listen
+from detector.config import Config, parse_listen, server_ssl_context
 from detector.delivery import Delivery, DeliveryClient
 from detector.metrics import Metrics
 from detector.rules import RuleSet
@@ -41,17 +42,27 @@ class Server:
         """Open the outbox, start delivery, listen; returns the bound port."""
         host, port = parse_listen(self.cfg.listen)
         runner = web.AppRunner(make_app(self.det), access_log=None, shutdown_timeout=self.cfg.drain_timeout)
+        # built before the outbox is opened: a bad certificate stops the start with nothing to undo
+        ssl_context = self._ssl_context()
         await runner.setup()          # runs the app's startup: the detector starts
         try:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context).start()
         except OSError as e:
             await runner.cleanup()
             raise OSError(f"cannot listen on {self.cfg.listen}: {e.strerror}") from None
         self._runner = runner
         self.port = runner.addresses[0][1]
-        log.info("detector %s listening on %s:%d, sink %s, outbox %s", self.cfg.detector_id, host, self.port,
-                 self.cfg.sink, self.cfg.outbox)
+        log.info("detector %s listening on %s:%d, %s, sink %s, outbox %s", self.cfg.detector_id, host, self.port,
+                 "https" if self.tls else "http", self.cfg.sink, self.cfg.outbox)
         return self.port
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.cfg.tls_cert and self.cfg.tls_key)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        cert, key = self.cfg.tls_cert, self.cfg.tls_key
+        return server_ssl_context(cert, key) if cert and key else None
 
     async def stop(self) -> None:
         if self._runner is not None:

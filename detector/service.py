@@ -27,26 +27,72 @@ from detector.config import Config
 from detector.delivery import DeliveryClient
 from detector.metrics import Metrics
 from detector.outbox import Outbox, Row
-from detector.rules import RuleSet
+from detector.rules import Journal, RuleSet
 from detector.schema import check_app_event, parse_time
 from detector.sources import Source, SourceTracker
 
 log = logging.getLogger("detector")
 CHECKPOINT_INTERVAL = 0.5  # seconds between WAL checkpoints
 T = TypeVar("T")
+Rejected = list[dict[str, Any]]   # [{"line": n, "reason": …}] (NDJSON) or [{"index": i, "reason": …}] (JSON)
+
+
+class StoreError(RuntimeError):
+    """The events of a request are not durable: the outbox refused the write (disk full, I/O error, closed),
+    or an earlier copy of some of them, still being committed, was refused."""
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def _no_constants(name: str) -> Any:
+    # json.loads accepts NaN and Infinity; JSON does not, and the sink's parser would refuse the CloudEvent
+    raise _NotJSON(f"{name} is not JSON")
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one short line (its type when it has no message)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def parse_json(data: bytes) -> Any:
+    """Strict JSON (no NaN / Infinity); raises ValueError (with UnicodeDecodeError) or RecursionError."""
+    return json.loads(data, parse_constant=_no_constants)
+
+
+def _bad_json_reason(e: BaseException) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return "not UTF-8"
+    if isinstance(e, json.JSONDecodeError):
+        return f"bad JSON: {e.msg} at column {e.colno}"
+    if isinstance(e, _NotJSON):
+        return f"bad JSON: {e}"
+    return "bad JSON: nested too deeply or out of range"
 
 
 class Batch:
-    """What one request adds: outbox rows and source-table changes."""
+    """What one request adds: outbox rows and source-table changes, and how to take back the
+    in-memory changes made for them if they cannot be stored."""
 
-    __slots__ = ("created", "deletes", "rows", "seen", "upserts")
+    __slots__ = ("created", "deletes", "limiter", "removed", "rows", "seen", "upserts", "waits")
 
     def __init__(self) -> None:
         self.rows: list[Row] = []
         self.upserts: list[dict[str, Any]] = []
         self.deletes: list[str] = []
-        self.seen: list[str] = []     # dedupe keys added (forgotten again if the commit fails)
-        self.created: list[str] = []  # sources created (dropped again if the commit fails)
+        self.seen: list[str] = []         # dedupe keys added (forgotten again if the commit fails)
+        self.created: list[str] = []      # sources created (dropped again if the commit fails)
+        self.removed: list[Source] = []   # sources removed (put back if the commit fails)
+        self.limiter: Journal = []        # debounce / rate-limit changes (taken back if the commit fails)
+        # commits in flight that hold the first copy of this batch's duplicates: a duplicate is only
+        # answered 2xx once its first copy is durable
+        self.waits: list[asyncio.Future[None]] = []
+
+    def marks(self) -> tuple[int, ...]:
+        return (len(self.rows), len(self.upserts), len(self.deletes), len(self.seen), len(self.created),
+                len(self.removed), len(self.limiter))
 
 
 class Detector:
@@ -66,6 +112,7 @@ class Detector:
         self._ckpt_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-checkpoint")
         self._seq = 0
         self._seen: OrderedDict[str, None] = OrderedDict()   # recent AppEvent ids, oldest first
+        self._uncommitted: dict[str, asyncio.Future[None]] = {}  # dedupe key -> the commit in flight holding it
         self._acks: list[int] = []
         self._wq: list[tuple[Batch, asyncio.Future[None]]] = []
         self._wake_writer = asyncio.Event()
@@ -108,7 +155,10 @@ class Detector:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._flush_writes()
-        await self._flush_acks()
+        try:
+            await self._flush_acks()
+        except Exception as e:   # e.g. disk full: those rows are delivered again after the restart
+            log.error("outbox acks not stored at stop (%d CloudEvents will be redelivered): %s", len(self._acks), e)
         self._ckpt_exec.shutdown(wait=True)
         if self.outbox is not None:
             await self.db(self.outbox.close)
@@ -135,27 +185,38 @@ class Detector:
             seqs, self._acks = self._acks, []
             try:
                 await self.db(self.outbox.ack, seqs)
-            except asyncio.CancelledError:   # `stop` cancelled the acker: its final flush takes them
+            except BaseException:   # cancelled (stop's final flush takes them) or failed (disk full): kept
                 self._acks[:0] = seqs
                 raise
 
     async def _acker(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.cfg.ack_interval)
             try:
                 await self._flush_acks()
-            except Exception as e:  # a failed delete only means a redelivery later
-                log.error("outbox ack failed: %s", e)
+            except Exception as e:  # e.g. disk full: the rows to delete are kept for the next try (logged once)
+                if not failing:
+                    log.error("outbox ack failed (retrying): %s", e)
+                failing = True
+            else:
+                if failing:
+                    log.info("outbox acks stored again")
+                failing = False
 
     async def _checkpointer(self) -> None:
         loop = asyncio.get_running_loop()
+        last_error = ""
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL)
             if self.outbox is not None:
                 try:
                     await loop.run_in_executor(self._ckpt_exec, self.outbox.checkpoint)
+                    last_error = ""
                 except Exception as e:  # busy or failing: the backstop auto-checkpoint still runs
-                    log.warning("outbox checkpoint: %s", e)
+                    if str(e) != last_error:   # once per kind of failure, not twice a second while the disk is full
+                        log.warning("outbox checkpoint: %s", e)
+                    last_error = str(e)
 
     async def _flush_writes(self) -> None:
         batch, self._wq = self._wq, []
@@ -164,10 +225,14 @@ class Detector:
         rows = [r for b, _ in batch for r in b.rows]
         ups = [u for b, _ in batch for u in b.upserts]
         dels = [d for b, _ in batch for d in b.deletes]
-        assert self.outbox is not None
         try:
+            if self.outbox is None:
+                raise StoreError("outbox closed")
             await self.db(self.outbox.commit, rows, ups, dels)
         except Exception as e:
+            log.warning("outbox refused %d CloudEvents: %s", len(rows), e)
+            for b, _ in reversed(batch):   # newest first: each journal holds the state before its batch
+                self.rules.undo(b.limiter)
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(e)
@@ -185,20 +250,41 @@ class Detector:
             await self._flush_writes()
 
     async def persist(self, batch: Batch) -> None:
-        """Durably store a batch (group commit); raises if the database refused it."""
-        if not (batch.rows or batch.upserts or batch.deletes):
-            return
+        """Durably store a batch (group commit), and wait for the first copies of its duplicates;
+        raises (the database's error, or StoreError) if any of it is not stored."""
+        if batch.rows or batch.upserts or batch.deletes:
+            await self._commit(batch)
+        for fut in batch.waits:
+            try:
+                await asyncio.shield(fut)   # shielded: our request going away must not cancel theirs
+            except Exception as e:
+                raise StoreError(f"the first copy of a re-sent event was not stored: {first_line(e)}") from e
+
+    async def _commit(self, batch: Batch) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._wq.append((batch, fut))
+        for k in batch.seen:
+            self._uncommitted[k] = fut
         self._wake_writer.set()
         try:
             await fut
-        except Exception:
-            for k in batch.seen:
-                self._seen.pop(k, None)
-            for k in batch.created:
-                self.sources.remove(k)
+        except Exception:   # not on cancellation: the writer may still commit the batch
+            self._forget(batch)
             raise
+        finally:
+            for k in batch.seen:
+                if self._uncommitted.get(k) is fut:
+                    del self._uncommitted[k]
+
+    def _forget(self, b: Batch) -> None:
+        """The in-memory traces of a batch that was not stored (its limiter changes are undone by
+        the writer, in commit order)."""
+        for k in b.seen:
+            self._seen.pop(k, None)
+        for s in reversed(b.removed):   # before dropping created ones: created and removed in `b` stays gone
+            self.sources.put_back(s)
+        for k in b.created:
+            self.sources.remove(k)
 
     async def _flush_dirty_sources(self) -> None:
         dirty = self.sources.take_dirty()
@@ -216,6 +302,7 @@ class Detector:
             now = time.time()
             b = Batch()
             for s in self.sources.idle(now):
+                b.removed.append(s)
                 self._expire(s, "idle", now, b)
             try:
                 await self.persist(b)
@@ -235,6 +322,9 @@ class Detector:
         if self.cfg.dedupe_window <= 0:
             return True
         if key in self._seen:
+            first = self._uncommitted.get(key)
+            if first is not None and first not in b.waits:
+                b.waits.append(first)
             return False
         self._seen[key] = None
         b.seen.append(key)
@@ -263,7 +353,7 @@ class Detector:
         ts = t.timestamp()
         if ts > self._max_ts:
             self._max_ts = ts
-        out = self.rules.evaluate(ev, key, ts)
+        out = self.rules.evaluate(ev, key, ts, b.limiter)
         self.metrics.suppressed += out.suppressed
         uri = self.sources.uri(key)
         src = self.sources.by_key.get(key) if key else None
@@ -286,50 +376,77 @@ class Detector:
                 self._add(b, key, self.events.for_rule(ev, rule, ctx, t, uri))
         if src is not None and ev["kind"] == "session.down":
             self.sources.remove(key)
+            b.removed.append(src)
             self._expire(src, "session.down", now, b)
         return True
 
-    def process_lines(self, body: bytes, b: Batch) -> tuple[int, int, list[dict[str, Any]]]:
-        """NDJSON -> rows; returns (accepted, duplicates, rejected [{line, reason}])."""
+    def process_lines(self, body: bytes, b: Batch) -> tuple[int, int, Rejected]:
+        """NDJSON -> rows; returns (accepted, duplicates, rejected [{line, reason}]); lines count from 1."""
         accepted = dup = 0
-        rejected: list[dict[str, Any]] = []
+        rejected: Rejected = []
         now = time.time()
         for i, line in enumerate(body.split(b"\n"), 1):
             line = line.strip()
             if not line:
                 continue
             try:
-                ev = json.loads(line)
-            except UnicodeDecodeError:
-                rejected.append({"line": i, "reason": "not UTF-8"})
+                ev = parse_json(line)
+            except (ValueError, RecursionError) as e:
+                rejected.append({"line": i, "reason": _bad_json_reason(e)})
                 continue
-            except json.JSONDecodeError as e:
-                rejected.append({"line": i, "reason": f"bad JSON: {e.msg} at column {e.colno}"})
-                continue
-            except (RecursionError, ValueError):
-                rejected.append({"line": i, "reason": "bad JSON: nested too deeply or out of range"})
-                continue
-            reason = check_app_event(ev)
-            if reason:
-                rejected.append({"line": i, "reason": f"schema: {reason}"})
-                continue
-            marks = (len(b.rows), len(b.upserts), len(b.deletes), len(b.seen), len(b.created))
-            try:
-                if self.process(ev, b, now):
-                    accepted += 1
-                else:
-                    dup += 1
-            except Exception as e:  # a rule or the SDK refused the result: refuse the line, keep going
-                self._undo(b, marks)
-                rejected.append({"line": i, "reason": f"cannot build CloudEvent: {str(e).splitlines()[0]}"})
+            taken = self._take(ev, b, now)
+            if isinstance(taken, str):
+                rejected.append({"line": i, "reason": taken})
+            elif taken:
+                accepted += 1
+            else:
+                dup += 1
         return accepted, dup, rejected
 
+    def process_json(self, body: bytes, b: Batch) -> tuple[int, int, Rejected]:
+        """A JSON body: one AppEvent, or an array of them -> rows; returns (accepted, duplicates,
+        rejected [{index, reason}]), the index counting from 0 (0 for a single event). A body that
+        is not one JSON document is read as NDJSON (which a one-line JSON object also is)."""
+        try:
+            doc = parse_json(body)
+        except (ValueError, RecursionError):
+            return self.process_lines(body, b)
+        accepted = dup = 0
+        rejected: Rejected = []
+        now = time.time()
+        for i, ev in enumerate(doc if isinstance(doc, list) else [doc]):
+            taken = self._take(ev, b, now)
+            if isinstance(taken, str):
+                rejected.append({"index": i, "reason": taken})
+            elif taken:
+                accepted += 1
+            else:
+                dup += 1
+        return accepted, dup, rejected
+
+    def _take(self, ev: Any, b: Batch, now: float) -> bool | str:
+        """One parsed AppEvent into `b`: True (accepted), False (a duplicate) or why it is refused."""
+        reason = check_app_event(ev)
+        if reason:
+            return f"schema: {reason}"
+        marks = b.marks()
+        try:
+            return self.process(ev, b, now)
+        except Exception as e:  # a rule or the SDK refused the result: refuse the event, keep going
+            self._undo(b, marks)
+            return f"cannot build CloudEvent: {first_line(e)}"
+
     def _undo(self, b: Batch, marks: tuple[int, ...]) -> None:
-        for k in b.seen[marks[3]:]:
+        rows, upserts, deletes, seen, created, removed, limiter = marks
+        for k in b.seen[seen:]:
             self._seen.pop(k, None)
-        for k in b.created[marks[4]:]:
+        for s in reversed(b.removed[removed:]):
+            self.sources.put_back(s)
+        for k in b.created[created:]:
             self.sources.remove(k)
-        del b.rows[marks[0]:], b.upserts[marks[1]:], b.deletes[marks[2]:], b.seen[marks[3]:], b.created[marks[4]:]
+        self.rules.undo(b.limiter, limiter)
+        del b.rows[rows:], b.upserts[upserts:], b.deletes[deletes:], b.seen[seen:], b.created[created:]
+        del b.removed[removed:]
 
     def process_cloudevent(self, ce: BaseCloudEvent, b: Batch) -> bool:
         """A CloudEvent from another source: relayed as is (plus K_CE_OVERRIDES) through the outbox."""

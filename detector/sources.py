@@ -54,6 +54,10 @@ class SourceTracker:
     def remove(self, key: str) -> Source | None:
         return self.by_key.pop(key, None)
 
+    def put_back(self, s: Source) -> None:
+        """Undo a `remove` or `idle` whose consequences could not be stored (unless the key has a newer source)."""
+        self.by_key.setdefault(s.key, s)
+
     def idle(self, now: float) -> list[Source]:
         """Remove and return the sources idle for longer than idle_timeout."""
         gone = [s for s in self.by_key.values() if now - s.last_seen > self.idle_timeout]

@@ -75,7 +75,13 @@ class Stack:
     broker_url: str = ""
     detector_url: str = ""
     token: str = ""
+    sink_url: str = ""                # the detector's sink when not the broker (a fault proxy in front of it)
+    tap_args: list[str] = field(default_factory=list)       # more `upf-tap live` options (e.g. --spool)
+    detector_args: list[str] = field(default_factory=list)  # more `detector serve` options
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    launches: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict)
+    keep_capture: bool = False        # hold the tap's capture sockets (an fd store) so a restart loses no packet
+    fdstore: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -110,6 +116,9 @@ class Stack:
                     proc.wait()
             self.progress(f"stopped {name}")
         self.procs.clear()
+        if self.fdstore is not None:
+            self.fdstore.close()
+            self.fdstore = None
         if self.lab is not None:
             left = self.lab.down()
             if left:
@@ -124,12 +133,48 @@ class Stack:
         self.stop()
 
     # ------------------------------------------------------------------ parts
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+    def pid(self, name: str) -> int | None:
+        """The pid of part ``name`` (broker, detector, tap) while it runs."""
+        for n, proc in reversed(self.procs):
+            if n == name and proc.poll() is None:
+                return proc.pid
+        return None
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal part ``name`` (kill -9 by default) and reap it."""
+        for n, proc in self.procs:
+            if n == name and proc.poll() is None:
+                proc.send_signal(sig)
+                proc.wait()
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start part ``name`` again with the command line it was first started with (as a
+        supervisor restarts a crashed service); returns once it answers again."""
+        argv, env = self.launches[name]
+        self.kill(name, signal.SIGTERM)
+        self.procs = [(n, p) for n, p in self.procs if n != name]
         log = self.workdir / f"{name}.log"
-        out = log.open("wb")
+        since = log.stat().st_size if log.exists() else 0
+        run_argv, fds = (argv, ())
+        if name == "tap" and self.fdstore is not None:
+            run_argv, fds = self.fdstore.exec_argv(argv)  # its kept capture sockets back, as systemd does
+        proc, log = self._spawn(name, run_argv, env, append=True, pass_fds=fds)
+        self.launches[name] = (argv, env)
+        if name == "tap":
+            self._wait_capturing(proc, log, since)
+        else:
+            url = f"{self.broker_url}/_local/healthz" if name == "broker" else f"{self.detector_url}/healthz"
+            wait_http(url, f"the restarted {name}", proc, log=log)
+        return proc
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None, *,
+               append: bool = False, pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen[bytes], Path]:
+        self.launches[name] = (argv, env)
+        log = self.workdir / f"{name}.log"
+        out = log.open("ab" if append else "wb")
         try:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                    cwd=REPO)
+                                    cwd=REPO, pass_fds=pass_fds)
         except OSError as e:
             raise StackError(f"cannot start {name} ({argv[0]}): {e.strerror}") from None
         finally:
@@ -143,7 +188,8 @@ class Stack:
         self.progress(f"starting the local Knative broker on {self.broker_url} ({self.manifests})")
         proc, log = self._spawn("broker", [sys.executable, "-m", "testbed", "broker", "--manifests",
                                            str(self.manifests), "--listen", f"127.0.0.1:{port}",
-                                           "--state-dir", str(self.workdir / "broker")],
+                                           "--state-dir", str(self.workdir / "broker"),
+                                           "--local-api"],  # broker_events/broker_stats read /_local
                                 env={"FN_JOURNAL": "1"})
         wait_http(f"{self.broker_url}/_local/healthz", "the local broker", proc, log=log)
 
@@ -154,24 +200,40 @@ class Stack:
         token_file = self.workdir / "detector.token"
         token_file.write_text(self.token + "\n")
         token_file.chmod(0o600)
-        self.progress(f"starting the detector on {self.detector_url} (sink {self.broker_url}{BROKER_PATH})")
+        sink = self.sink_url or f"{self.broker_url}{BROKER_PATH}"
+        self.progress(f"starting the detector on {self.detector_url} (sink {sink})")
         (self.workdir / "detector").mkdir(exist_ok=True)
         proc, log = self._spawn("detector", [
             sys.executable, "-m", "detector", "serve", "--listen", f"127.0.0.1:{port}",
-            "--sink", f"{self.broker_url}{BROKER_PATH}", "--rules", str(self.rules),
+            "--sink", sink, "--rules", str(self.rules),
             "--outbox", str(self.workdir / "detector" / "outbox.db"), "--token-file", str(token_file),
-            "--detector-id", "demo", "--ingest-time"])
+            "--detector-id", "demo", "--ingest-time", *self.detector_args])
         wait_http(f"{self.detector_url}/healthz", "the detector", proc, log=log)
 
     def _start_tap(self) -> None:
         ifs = self.lab.tap_interfaces()
         self.progress(f"starting upf-tap live on {ifs['netns']}: {ifs['n3']} (N3) and {ifs['n4']} (N4)")
+        env = None
+        if self.keep_capture:
+            from mec_common.fdstore import FdStore
+
+            self.fdstore = FdStore(self.workdir / "tap.notify").start()
+            env = self.fdstore.env()
         proc, log = self._spawn("tap", [
             sys.executable, "-m", "upf_tap", "live", "--netns", ifs["netns"], "--iface", ifs["n3"],
             "--iface", ifs["n4"], "--detector", self.detector_url, "--token-file",
-            str(self.workdir / "detector.token"), "--tap", "upf1", "--report-every", "60"])
+            str(self.workdir / "detector.token"), "--tap", "upf1", "--report-every", "60", *self.tap_args], env)
+        self._wait_capturing(proc, log, 0)
+        if self.keep_capture:  # the tap stores its sockets as it opens them, before it says it captures
+            deadline = time.monotonic() + 5
+            while len(self.fdstore.stored()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+    @staticmethod
+    def _wait_capturing(proc: subprocess.Popen[bytes], log: Path, since: int) -> None:
+        """Until the tap's log (past byte ``since``) says it captures."""
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while b"capturing on" not in log.read_bytes():
+        while b"capturing on" not in log.read_bytes()[since:]:
             if proc.poll() is not None:
                 raise StackError(f"upf-tap live exited with status {proc.returncode}:\n"
                                  f"{log.read_text(errors='replace')[-800:]}")

@@ -61,3 +61,11 @@ RESNIFF_SEGMENTS = 4                  # uplink segments offered to the stream sn
 UE_POOL_V4 = "10.45.0.0/16"
 UE_POOL_V6 = "2001:db8:cafe::/48"
 DEFAULT_UE_POOLS = (UE_POOL_V4, UE_POOL_V6)
+
+# detector sender and its on-disk spool (upf_tap/live/sender.py, upf_tap/live/spool.py)
+WARN_EVERY = 5.0                          # seconds between repeated warnings about lost or refused events
+DEFAULT_SPOOL_MAX_BYTES = 1 << 30         # 1 GiB of segments on disk at most (--spool-max-bytes)
+MIN_SPOOL_MAX_BYTES = 64 * 1024           # smaller spools would hold a few dozen events
+DEFAULT_SPOOL_FSYNC = "batch"             # fsync each batch the spool writer appends (--spool-fsync)
+SPOOL_SEGMENT_BYTES = 64 * 1024 * 1024    # largest segment file; a spool uses 1/16 of its bound, at least
+MIN_SPOOL_SEGMENT_BYTES = 4096            # ...this much

@@ -1,4 +1,6 @@
-"""`testbed broker --manifests DIR [--listen HOST:PORT]`: the local Knative-compatible broker.
+"""`testbed broker --manifests DIR [--listen HOST:PORT] [--state-dir DIR] [--local-api]`: the local
+Knative-compatible broker. Accepted events are kept in `<state-dir>/broker.db` (SQLite WAL) until
+every matching Trigger has them, so a restart on the same state dir delivers what a kill left.
 
 The lead's testbed/cli.py calls `add_broker_parser(subparsers)` and dispatches to
 `run_broker(args)`; `python -m testbed.broker` runs the same command on its own.
@@ -18,8 +20,9 @@ from pathlib import Path
 from aiohttp import web
 
 from mec_common.net import parse_host_port
-from testbed.broker.ingress import build_app, check_runnable
+from testbed.broker.ingress import BROKER_KEY, build_app, check_runnable
 from testbed.broker.manifests import ManifestError, Manifests, load_manifests
+from testbed.broker.store import DEFAULT_RETAIN, DURABILITY, STORE_FILE, StoreError
 
 DEFAULT_LISTEN = "127.0.0.1:8090"  # local stand-in for broker-ingress.knative-eventing.svc:80
 DEFAULT_MANIFESTS = "k8s/knative"
@@ -42,6 +45,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def add_broker_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     """Add the `broker` subcommand to a parent parser's subparsers."""
     p = subparsers.add_parser(
@@ -61,7 +74,19 @@ def add_broker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", default=DEFAULT_LISTEN, type=parse_listen, metavar="HOST:PORT",
                    help=f"where the ingress listens (default {DEFAULT_LISTEN})")
     p.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
-                   help="where functions keep their records and logs (default: a new temporary directory)")
+                   help=f"where the broker keeps accepted events ({STORE_FILE}) and functions their records "
+                        "and logs; restart on the same DIR to deliver what was pending (default: a new "
+                        "temporary directory, removed on exit)")
+    p.add_argument("--durability", choices=DURABILITY, default="full",
+                   help="SQLite synchronous setting for the commits behind a 202: full (fsync: survives "
+                        "power loss) or normal (survives a crash of the broker, not of the machine); "
+                        "default full")
+    p.add_argument("--retain-events", type=_at_least_one, default=DEFAULT_RETAIN, metavar="N",
+                   help=f"finished events kept in the store for /_local/events (default {DEFAULT_RETAIN}); "
+                        "pending ones are always kept")
+    p.add_argument("--local-api", action="store_true",
+                   help="serve the debug API GET /_local/stats and /_local/events (off by default, as "
+                        "Knative's broker ingress has none; /_local/healthz is always served)")
     p.add_argument("--idle-window", type=_positive, default=None, metavar="SECONDS",
                    help="scale a function to zero after this idle time, overriding the "
                         "autoscaling.knative.dev annotations")
@@ -91,6 +116,9 @@ def run_broker(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         print(f"broker: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"broker: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -101,11 +129,13 @@ async def _serve(manifests: Manifests, host: str, port: int, args: argparse.Name
         state = args.state_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mec-broker-")))
         shown = f"[{host}]" if ":" in host else host
         app = build_app(manifests, f"http://{shown}:{port}", state,
-                        idle_override=args.idle_window, grace=args.scale_to_zero_grace)
+                        idle_override=args.idle_window, grace=args.scale_to_zero_grace,
+                        local_api=args.local_api, durability=args.durability, retain=args.retain_events)
         web_runner = web.AppRunner(app, access_log=None)
-        await web_runner.setup()
         try:
+            await web_runner.setup()  # opens the event store
             await web.TCPSite(web_runner, host, port).start()
+            await app[BROKER_KEY].resume()
             print(f"broker: listening on http://{shown}:{port} ({len(manifests.brokers)} broker(s), "
                   f"{len(manifests.triggers)} trigger(s), {len(manifests.services)} service(s)); "
                   f"state in {state}", flush=True)

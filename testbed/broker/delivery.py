@@ -34,6 +34,7 @@ DEFAULT_REQUEST_TIMEOUT = 300.0
 DEFAULT_BROKER_DELIVERY = DeliverySpec(retry=10, backoff_policy="exponential", backoff_delay=0.2)
 
 Sleep = Callable[[float], Awaitable[None]]
+OnRetry = Callable[["Attempt"], None]
 
 
 def retryable(status: int) -> bool:
@@ -100,8 +101,9 @@ async def send_once(
 
 async def send_with_retries(
     session: aiohttp.ClientSession, url: str, event: Event, spec: DeliverySpec | None, *,
-    structured: bool = False, sleep: Sleep = asyncio.sleep,
+    structured: bool = False, sleep: Sleep = asyncio.sleep, on_retry: OnRetry | None = None,
 ) -> Outcome:
+    """Try, and retry as `spec` says; `on_retry` hears of every try that will be retried."""
     retries = spec.retry if spec and spec.retry else 0
     timeout = spec.timeout if spec else None
     tries = 0
@@ -110,6 +112,8 @@ async def send_with_retries(
         tries += 1
         if attempt.ok or not retryable(attempt.status) or tries > retries:
             return Outcome(attempt, tries)
+        if on_retry is not None:
+            on_retry(attempt)
         await sleep(backoff(spec, tries - 1))
 
 

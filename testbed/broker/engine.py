@@ -9,6 +9,12 @@ What Knative's MT channel-based broker does, in one process:
 - a reply (a CloudEvent in a 2xx answer other than 202) gets the original TTL and goes
   back through the ingress, so the decrement stops reply loops; a reply the ingress
   refuses makes the original event go to the dead-letter sink.
+
+Unlike the MT channel-based broker (whose InMemoryChannel holds events in memory), the
+202 comes only once the event and one pending row per matching Trigger are committed to
+the event store (testbed/broker/store.py); each row is updated when its delivery ends,
+and on start every pending row is delivered again: at least once per Trigger across a
+kill -9 of the broker.
 """
 
 from __future__ import annotations
@@ -34,6 +40,15 @@ from testbed.broker.delivery import (
 from testbed.broker.events import Event
 from testbed.broker.filters import Filter, passes, trigger_filter
 from testbed.broker.manifests import Broker, DeliverySpec, Destination, Manifests, Trigger
+from testbed.broker.store import (
+    DEAD_LETTERED,
+    DELIVERED,
+    FAILED,
+    PENDING,
+    AsyncEventStore,
+    DeliveryUpdate,
+    StoreError,
+)
 
 log = logging.getLogger("testbed.broker")
 
@@ -41,7 +56,7 @@ TTL_ATTRIBUTE = "knativebrokerttl"
 DEFAULT_TTL = 255
 ARRIVAL_ATTRIBUTE = "knativearrivaltime"
 HISTORY = 1000  # dispatch records kept for /_local/stats
-EVENT_HISTORY = 10_000  # accepted events kept for GET /_local/events
+STOP_GRACE = 3.0  # seconds `close` lets deliveries run before cancelling them (they stay pending)
 
 Resolver = Callable[[Destination], str]
 
@@ -85,6 +100,11 @@ class _Route:
     dls_url: str | None
     structured: bool
 
+    @property
+    def key(self) -> str:
+        """namespace/name: how the store names the Trigger."""
+        return f"{self.trigger.namespace}/{self.trigger.name}"
+
 
 @dataclass
 class BrokerStats:
@@ -92,17 +112,25 @@ class BrokerStats:
     refused: Counter[str] = field(default_factory=Counter)
     dispatches: deque[Dispatch] = field(default_factory=lambda: deque(maxlen=HISTORY))
     outcomes: Counter[str] = field(default_factory=Counter)
-    # what each Broker accepted (attributes as stamped by the ingress), for scenarios and demos
-    events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENT_HISTORY))
-    events_seen: int = 0
+    recovered: int = 0           # pending deliveries loaded from the store at start
+    orphaned: int = 0            # pending deliveries whose Trigger is no longer in the manifests
 
 
 class LocalBroker:
-    """All Brokers of a manifest set; `ingest` is what the HTTP ingress calls."""
+    """All Brokers of a manifest set; `ingest` is what the HTTP ingress calls.
 
-    def __init__(self, manifests: Manifests, resolve: Resolver, ingress_url: Callable[[str, str], str]) -> None:
+    Lifecycle: `start` (open the store), `resume` once the ingress listens (deliver what
+    the store still has pending: a Trigger's subscriber may be a local function behind
+    that very listener), `drain` (wait for every delivery), `close` (let deliveries run for
+    a grace period, cancel the rest: their rows stay pending for the next start; then close
+    the store).
+    """
+
+    def __init__(self, manifests: Manifests, resolve: Resolver, ingress_url: Callable[[str, str], str],
+                 store: AsyncEventStore) -> None:
         self.manifests = manifests
         self.ingress_url = ingress_url
+        self.store = store
         self.stats = BrokerStats()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -115,16 +143,41 @@ class LocalBroker:
                 t, trigger_filter(t), resolve(t.subscriber), delivery,
                 resolve(dls) if dls else None, bool(delivery and delivery.format == "json"),
             ))
+        self._by_trigger = {r.key: r for routes in self._routes.values() for r in routes}
 
     async def start(self) -> None:
+        await self.store.open()  # first: nothing to clean up if it cannot open
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
 
-    async def close(self) -> None:
-        await self.drain()
+    async def resume(self) -> None:
+        """Deliver again what was accepted but not finished when the broker last stopped."""
+        orphans: Counter[str] = Counter()
+        for p in await self.store.pending():
+            route = self._by_trigger.get(p.trigger)
+            if route is None:  # kept pending: the Trigger may come back with the manifests
+                orphans[p.trigger] += 1
+                continue
+            self.stats.recovered += 1
+            self._spawn(self._dispatch(route, p.seq, p.event))
+        self.stats.orphaned = sum(orphans.values())
+        if self.stats.recovered:
+            log.info("resuming %d pending deliveries from %s", self.stats.recovered, self.store.path)
+        for trigger, n in sorted(orphans.items()):
+            log.warning("%d pending deliveries for Trigger %s, which the manifests no longer have: kept", n, trigger)
+
+    async def close(self, grace: float = STOP_GRACE) -> None:
+        try:
+            await self.drain(grace)
+        except TimeoutError:
+            log.info("stopping with %d deliveries in flight: they stay pending in the store", len(self._tasks))
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self.store.close()
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until every accepted event (and the replies it caused) is fully dispatched."""
@@ -138,8 +191,9 @@ class LocalBroker:
     def has_broker(self, namespace: str, name: str) -> bool:
         return (namespace, name) in self.manifests.brokers
 
-    def ingest(self, namespace: str, name: str, event: Event) -> int:
-        """Accept an event into a Broker: 202, or 404 (unknown broker), 400 (TTL exhausted)."""
+    async def ingest(self, namespace: str, name: str, event: Event) -> int:
+        """Accept an event into a Broker: 202 once stored, or 404 (unknown broker), 400 (TTL
+        exhausted), 503 (the store refused the write: nothing was accepted)."""
         key = (namespace, name)
         if key not in self.manifests.brokers:
             self.stats.refused["unknown-broker"] += 1
@@ -152,36 +206,50 @@ class LocalBroker:
             self.stats.refused["ttl-exhausted"] += 1
             log.debug("dropping event %s: TTL exhausted", event.get("id"))
             return 400
+        routes = [r for r in self._routes[key] if self._matches(r, event)]
+        try:
+            seq = await self.store.append(f"{namespace}/{name}", event, [r.key for r in routes])
+        except StoreError as exc:
+            self.stats.refused["store-unavailable"] += 1
+            log.warning("refusing event %s (503): %s", event.get("id"), exc)
+            return 503
         self.stats.accepted[f"{namespace}/{name}"] += 1
-        self.stats.events_seen += 1
-        self.stats.events.append({"seq": self.stats.events_seen, "broker": f"{namespace}/{name}",
-                                  "attributes": dict(event.attrs), "data": _data_text(event)})
-        for route in self._routes[key]:
-            self._spawn(self._dispatch(route, event, ttl))
+        for route in routes:
+            self._spawn(self._dispatch(route, seq, event))
         return 202
+
+    def _matches(self, route: _Route, event: Event) -> bool:
+        try:
+            return passes(route.flt, event.attrs)
+        except Exception:  # a filter bug must not refuse the event for the other Triggers
+            log.exception("trigger %s: filter failed on event %s", route.key, event.get("id"))
+            return False
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _dispatch(self, route: _Route, event: Event, ttl: int) -> None:
-        if not passes(route.flt, event.attrs):
-            return
+    async def _dispatch(self, route: _Route, seq: int, event: Event) -> None:
         try:
-            await self._deliver(route, event, ttl)
-        except Exception:  # one bad dispatch must not go unnoticed nor stop the others
-            t = route.trigger
-            log.exception("trigger %s/%s: dispatch of event %s failed", t.namespace, t.name, event.get("id"))
+            await self._deliver(route, seq, event)
+        except Exception:  # one bad dispatch must not go unnoticed nor stop the others; it stays pending
+            log.exception("trigger %s: dispatch of event %s failed", route.key, event.get("id"))
             self.stats.outcomes["failed"] += 1
 
-    async def _deliver(self, route: _Route, event: Event, ttl: int) -> None:
+    async def _deliver(self, route: _Route, seq: int, event: Event) -> None:
         assert self._session is not None, "LocalBroker.start() was not awaited"
         started = time.monotonic()
+        ttl = _stamped_ttl(event)
         out = event.copy()
         out.attrs.pop(TTL_ATTRIBUTE, None)  # the broker's own extension is not for subscribers
         t = route.trigger
-        outcome = await send_with_retries(self._session, route.url, out, route.delivery, structured=route.structured)
+
+        def note_retry(attempt: Attempt) -> None:
+            self.store.update(DeliveryUpdate(seq, route.key, PENDING, 1, attempt.status))
+
+        outcome = await send_with_retries(self._session, route.url, out, route.delivery,
+                                          structured=route.structured, on_retry=note_retry)
         failed: Attempt | None = None
         failed_dest = route.url
         reply_id = None
@@ -189,15 +257,16 @@ class LocalBroker:
             reply = outcome.attempt.reply
             reply.attrs[TTL_ATTRIBUTE] = str(ttl)
             reply_id = str(reply.get("id"))
-            code = self.ingest(t.namespace, t.broker, reply)
+            code = await self.ingest(t.namespace, t.broker, reply)  # stored before the original is done
             if code != 202:
                 failed = Attempt(code, b"")
                 failed_dest = self.ingress_url(t.namespace, t.broker)
         elif not outcome.attempt.ok:
             failed = outcome.attempt
-        result = "delivered"
+        result = DELIVERED
         if failed is not None:
             result = await self._dead_letter(route, out, failed_dest, failed)
+        self.store.update(DeliveryUpdate(seq, route.key, result, 1, outcome.attempt.status))
         self._record(t, event, result, outcome, reply_id, time.monotonic() - started)
 
     async def _dead_letter(self, route: _Route, event: Event, dest: str, failed: Attempt) -> str:
@@ -205,15 +274,15 @@ class LocalBroker:
         if route.dls_url is None:
             log.warning("trigger %s/%s: event %s failed (%s) and there is no dead-letter sink",
                         t.namespace, t.name, event.get("id"), failed.status)
-            return "failed"
+            return FAILED
         assert self._session is not None
         dl = await send_with_retries(self._session, route.dls_url, dead_letter_event(event, dest, failed),
                                      route.delivery, structured=route.structured)
         if dl.attempt.ok:
-            return "dead-lettered"
+            return DEAD_LETTERED
         log.warning("trigger %s/%s: event %s could not reach the dead-letter sink either (%s)",
                     t.namespace, t.name, event.get("id"), dl.attempt.status)
-        return "failed"
+        return FAILED
 
     def _record(self, t: Trigger, event: Event, result: str, outcome: Outcome, reply_id: str | None,
                 seconds: float) -> None:
@@ -223,25 +292,32 @@ class LocalBroker:
             outcome.attempt.status, outcome.tries, reply_id, seconds,
         ))
 
-    def accepted_since(self, seq: int) -> list[dict[str, Any]]:
-        """Accepted events with a sequence number above ``seq`` (oldest first, bounded history)."""
-        return [e for e in self.stats.events if e["seq"] > seq]
+    async def accepted_since(self, seq: int) -> list[dict[str, Any]]:
+        """Accepted events with a sequence number above ``seq``, oldest first, from the store
+        (so across restarts, up to the store's retention)."""
+        return await self.store.events_since(seq)
 
-    def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self) -> dict[str, Any]:
         s = self.stats
+        store = self.store
         return {
             "accepted": dict(s.accepted),
             "refused": dict(s.refused),
             "outcomes": dict(s.outcomes),
             "in_flight": len(self._tasks),
             "recent": [d.__dict__ for d in list(s.dispatches)[-50:]],
+            "store": {"path": str(store.path), "durability": store.durability, "write_errors": store.write_errors,
+                      "transactions": store.transactions, "events_committed": store.events_committed,
+                      "recovered": s.recovered, "orphaned": s.orphaned, **await store.counts()},
         }
 
 
-def _data_text(event: Event) -> str | None:
-    if event.data is None:
-        return None
-    return event.data[:4096].decode("utf-8", "replace")
+def _stamped_ttl(event: Event) -> int:
+    """The TTL the ingress stamped on an accepted event."""
+    try:
+        return int(str(event.attrs.get(TTL_ATTRIBUTE)))
+    except ValueError:
+        return DEFAULT_TTL
 
 
 def _broker_delivery(broker: Broker) -> DeliverySpec:

@@ -1,13 +1,17 @@
 """The HTTP side of the local broker (aiohttp), as Knative's broker-ingress answers.
 
 - `POST /<namespace>/<broker>`: a CloudEvent in binary or structured mode; 202
-  accepted, 400 not a valid CloudEvent 1.0 (or TTL exhausted), 404 unknown broker;
-  `OPTIONS` 200 with the webhook headers; any other method 405 (Allow: POST, OPTIONS);
-  a path that is not /<namespace>/<broker> is 400 (404 for `/`).
+  accepted (committed to the event store), 400 not a valid CloudEvent 1.0 (or TTL
+  exhausted), 404 unknown broker, 503 with Retry-After when the store cannot write
+  (nothing was accepted); `OPTIONS` 200 with the webhook headers; any other method 405
+  (Allow: POST, OPTIONS); a path that is not /<namespace>/<broker> is 400 (404 for `/`).
 - `/_fn/<namespace>/<service>/...`: the activator in front of the local functions
   (the address a Trigger's `ref` to a Knative Service resolves to).
-- `GET /_local/stats`: broker counters, recent dispatches, function cold/warm
-  latencies; `GET /_local/healthz`.
+- `GET /_local/healthz`: always (a liveness probe tells nothing about the events).
+- `GET /_local/stats` (broker counters, store counts, recent dispatches, function
+  cold/warm latencies) and `GET /_local/events?since=N` (accepted events): only with
+  `local_api` (`testbed broker --local-api`), since Knative's broker ingress has no such
+  debug API; otherwise every other `/_local/...` path is 404.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from testbed.broker.engine import LocalBroker
 from testbed.broker.events import EventError, parse_http
 from testbed.broker.manifests import Destination, ManifestError, Manifests
 from testbed.broker.runner import FunctionRunner
+from testbed.broker.store import DEFAULT_RETAIN, STORE_FILE, AsyncEventStore
 
 log = logging.getLogger("testbed.broker")
 MAX_EVENT_BYTES = 4 * 1024 * 1024
+RETRY_AFTER = 2  # seconds a sender should wait after a 503 (the store could not write)
 
 BROKER_KEY = web.AppKey("broker", LocalBroker)
 RUNNER_KEY = web.AppKey("runner", FunctionRunner)
@@ -70,18 +76,21 @@ def check_runnable(manifests: Manifests) -> None:
 
 
 def build_app(manifests: Manifests, base_url: str, state_dir: Path, *,
-              idle_override: float | None = None, grace: float | None = None) -> web.Application:
-    """The whole local broker as one aiohttp application listening at `base_url`."""
+              idle_override: float | None = None, grace: float | None = None, local_api: bool = False,
+              durability: str = "full", retain: int = DEFAULT_RETAIN) -> web.Application:
+    """The whole local broker as one aiohttp application listening at `base_url`; its event
+    store is `<state_dir>/broker.db`."""
     runner = (FunctionRunner(manifests.services, state_dir, idle_override=idle_override) if grace is None
               else FunctionRunner(manifests.services, state_dir, idle_override=idle_override, grace=grace))
+    store = AsyncEventStore(Path(state_dir) / STORE_FILE, durability, retain)
     broker = LocalBroker(manifests, _resolver(base_url.rstrip("/"), runner),
-                         lambda ns, name: f"{base_url.rstrip('/')}/{ns}/{name}")
+                         lambda ns, name: f"{base_url.rstrip('/')}/{ns}/{name}", store)
     app = web.Application(client_max_size=MAX_EVENT_BYTES)
     app[BROKER_KEY] = broker
     app[RUNNER_KEY] = runner
 
-    async def on_startup(app: web.Application) -> None:
-        await broker.start()
+    async def on_startup(app: web.Application) -> None:  # the caller awaits broker.resume() once listening
+        await broker.start()  # first: a store that cannot open stops everything before any function starts
         await runner.start()
 
     async def on_cleanup(app: web.Application) -> None:
@@ -91,8 +100,10 @@ def build_app(manifests: Manifests, base_url: str, state_dir: Path, *,
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     app.router.add_get("/_local/healthz", _healthz)
-    app.router.add_get("/_local/stats", _stats)
-    app.router.add_get("/_local/events", _events)
+    if local_api:
+        app.router.add_get("/_local/stats", _stats)
+        app.router.add_get("/_local/events", _events)
+    app.router.add_route("*", "/_local/{tail:.*}", _local_off)  # never a Broker: "_local" is no namespace
     app.router.add_route("*", "/_fn/{namespace}/{name}", runner.handle)
     app.router.add_route("*", "/_fn/{namespace}/{name}/{tail:.*}", runner.handle)
     app.router.add_route("*", "/{path:.*}", _ingress)
@@ -103,9 +114,13 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+async def _local_off(request: web.Request) -> web.Response:
+    return web.Response(status=404, text="not found (the /_local debug API is served with --local-api)\n")
+
+
 async def _stats(request: web.Request) -> web.Response:
     stats: dict[str, Any] = {
-        "broker": request.app[BROKER_KEY].snapshot(),
+        "broker": await request.app[BROKER_KEY].snapshot(),
         "functions": request.app[RUNNER_KEY].snapshot(),
     }
     return web.json_response(stats)
@@ -117,7 +132,7 @@ async def _events(request: web.Request) -> web.Response:
         since = int(request.query.get("since", "0"))
     except ValueError:
         return web.Response(status=400, text="since must be an integer\n")
-    return web.json_response(request.app[BROKER_KEY].accepted_since(since))
+    return web.json_response(await request.app[BROKER_KEY].accepted_since(since))
 
 
 async def _ingress(request: web.Request) -> web.Response:
@@ -144,9 +159,12 @@ async def _ingress(request: web.Request) -> web.Response:
         log.debug("refused event: %s", exc)
         broker.stats.refused["invalid"] += 1
         return web.Response(status=400, text=f"{exc}\n")
-    status = broker.ingest(namespace, name, event)
+    status = await broker.ingest(namespace, name, event)
     if status == 404:
         return web.Response(status=404, text=f"broker {namespace}/{name} not found\n")
     if status == 400:
         return web.Response(status=400, text="TTL exhausted\n")
+    if status == 503:
+        return web.Response(status=503, headers={"Retry-After": str(RETRY_AFTER)},
+                            text="the event store cannot write: event not accepted, retry later\n")
     return web.Response(status=status)

@@ -183,6 +183,7 @@ class FunctionRunner:
         # locally every function gets a free loopback port and its own state directory
         env["PORT"] = "0"
         env["FN_STATE_DIR"] = str(state)
+        env["FN_PARENT_PID"] = str(os.getpid())  # the function ends with this broker, even after kill -9
         began = time.monotonic()
         log_file = (state / "process.log").open("ab")
         proc = await asyncio.create_subprocess_exec(

@@ -206,7 +206,26 @@ def load_handler(name: str) -> Handler:
     return handle
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: str | None) -> bool:
+    """Under the local runner (``FN_PARENT_PID``), end when the broker that started us ends, even by
+    kill -9, as a pod's containers end with the pod; False when the parent is gone already."""
+    if not parent:
+        return True
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        return os.getppid() == int(parent)  # it may have died before the prctl
+    except (OSError, AttributeError, ValueError):
+        return True  # not Linux: the runner stops us itself
+
+
 def main(argv: list[str] | None = None) -> int:
+    if not die_with_parent(os.environ.get("FN_PARENT_PID")):
+        return 1
     ap = argparse.ArgumentParser(prog="python -m testbed.functions.serve",
                                  description="Serve one sample function as CloudEvents over HTTP.")
     ap.add_argument("function", nargs="?", default=os.environ.get("FN_HANDLER"),

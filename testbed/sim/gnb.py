@@ -10,7 +10,13 @@ Control (Unix socket, JSON lines) — the lab plays the AMF/N2 part:
   {"op": "attach", "ue": n, "netns": NS, "tun": NAME}  -> {"dl_teid": T}
   {"op": "session", "ue": n, "ul_teid": T, "upf_ip": IP, "qfi": Q}
   {"op": "release", "ue": n}
+  {"op": "impair", "loss": 0.05, "delay_ms": 20, "jitter_ms": 5, "reorder": 0.1}
   {"op": "status"}
+
+``impair`` degrades N3 in both directions, as ``tc qdisc … netem`` would on the gNB's veth
+(loss, delay with jitter, reordering: a packet held back by an extra delay so the next ones
+overtake it). It lives here because netem is a kernel module a machine may lack (this
+project's CI kernel has none); ``{"op": "impair"}`` with no settings clears it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import asyncio
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -34,6 +41,48 @@ from upf_tap.constants import GTPU_PORT
 log = logging.getLogger("gnb")
 MAX_PACKET = gtpu.MAX_DATAGRAM  # TUN reads: the largest IP packet
 FIRST_DL_TEID = 0x100   # gNB TEIDs are distinct from the UPF's (which start at 1): easier to read in captures
+
+
+@dataclass
+class Impairment:
+    """N3 degradation applied by the gNB to each G-PDU it sends and receives."""
+
+    loss: float = 0.0        # probability a packet is dropped
+    delay_ms: float = 0.0    # added one-way delay
+    jitter_ms: float = 0.0   # uniform ± around the delay
+    reorder: float = 0.0     # probability a packet is held back by 2 × delay (+ 5 ms) and so overtaken
+    dropped: int = 0
+    delayed: int = 0
+    reordered: int = 0
+
+    @classmethod
+    def from_request(cls, req: dict[str, Any]) -> Impairment:
+        imp = cls(float(req.get("loss", 0.0)), float(req.get("delay_ms", 0.0)), float(req.get("jitter_ms", 0.0)),
+                  float(req.get("reorder", 0.0)))
+        if not (0 <= imp.loss <= 1 and 0 <= imp.reorder <= 1 and imp.delay_ms >= 0 and imp.jitter_ms >= 0):
+            raise ValueError("impair: loss and reorder are probabilities (0..1), delays are ≥ 0 ms")
+        return imp
+
+    @property
+    def active(self) -> bool:
+        return bool(self.loss or self.delay_ms or self.jitter_ms or self.reorder)
+
+    def verdict(self, rng: random.Random) -> float | None:
+        """None to drop the packet, else the seconds to hold it (0: send now)."""
+        if self.loss and rng.random() < self.loss:
+            self.dropped += 1
+            return None
+        delay = self.delay_ms + (rng.uniform(-self.jitter_ms, self.jitter_ms) if self.jitter_ms else 0.0)
+        if self.reorder and rng.random() < self.reorder:
+            delay = 2 * self.delay_ms + 5.0
+            self.reordered += 1
+        if delay > 0:
+            self.delayed += 1
+        return max(delay, 0.0) / 1000.0
+
+    def summary(self) -> dict[str, float | int]:
+        return {k: getattr(self, k) for k in ("loss", "delay_ms", "jitter_ms", "reorder", "dropped", "delayed",
+                                              "reordered")}
 
 
 @dataclass
@@ -64,6 +113,25 @@ class Gnb:
         self.next_teid = FIRST_DL_TEID
         self.counters: dict[str, int] = dict.fromkeys(("gtpu_bad", "dl_unknown_teid", "echo"), 0)
         self.gtp: socket.socket | None = None
+        self.impairment = Impairment()
+        self._rng = random.Random(0x6E6)  # seeded: a run's faults can be replayed
+
+    def _impaired(self, send: Any, *args: Any) -> None:
+        """Call ``send(*args)`` now, later, or never, as the N3 impairment says."""
+        hold = self.impairment.verdict(self._rng)
+        if hold is None:
+            return
+        if hold:
+            asyncio.get_running_loop().call_later(hold, self._guarded, send, *args)
+        else:
+            send(*args)
+
+    @staticmethod
+    def _guarded(send: Any, *args: Any) -> None:
+        try:
+            send(*args)
+        except OSError as e:  # a UE released, or N3 down, while the packet was held
+            log.debug("held packet: %s", e)
 
     def attach(self, ue: int, netns: str, tun: str) -> UeCtx:
         if ue in self.ues:
@@ -101,9 +169,12 @@ class Gnb:
             if ctx.ul_teid is None or ctx.upf_ip is None or len(pkt) < 20 or pkt[0] >> 4 != 4:
                 ctx.ul_dropped += 1   # no session yet (or not IPv4): nowhere to send it
                 continue
+            gpdu = gtpu.encode_gpdu(ctx.ul_teid, pkt, ctx.qfi, gtpu.PDU_TYPE_UL)
             try:
-                self.gtp.sendto(gtpu.encode_gpdu(ctx.ul_teid, pkt, ctx.qfi, gtpu.PDU_TYPE_UL),
-                                (ctx.upf_ip, GTPU_PORT))
+                if self.impairment.active:
+                    self._impaired(self.gtp.sendto, gpdu, (ctx.upf_ip, GTPU_PORT))
+                else:
+                    self.gtp.sendto(gpdu, (ctx.upf_ip, GTPU_PORT))
                 ctx.ul_packets += 1
             except OSError as e:
                 ctx.ul_dropped += 1
@@ -117,7 +188,10 @@ class Gnb:
                 self.counters["dl_unknown_teid"] += 1
                 continue
             try:
-                os.write(ctx.fd, msg.payload)
+                if self.impairment.active:
+                    self._impaired(os.write, ctx.fd, msg.payload)
+                else:
+                    os.write(ctx.fd, msg.payload)
                 ctx.dl_packets += 1
             except OSError as e:
                 log.debug("%s write: %s", ctx.tun, e)
@@ -138,8 +212,13 @@ class Gnb:
         if op == "release":
             self.release(int(req["ue"]))
             return {"ok": True}
+        if op == "impair":
+            self.impairment = Impairment.from_request(req)
+            log.info("N3 impairment: %s", self.impairment.summary())
+            return {"ok": True, "impairment": self.impairment.summary()}
         if op == "status":
-            return {"counters": self.counters, "ues": [c.summary() for c in self.ues.values()]}
+            return {"counters": self.counters, "ues": [c.summary() for c in self.ues.values()],
+                    "impairment": self.impairment.summary()}
         raise ValueError(f"unknown op {op!r}")
 
     async def run(self, ctl_path: Path) -> None:

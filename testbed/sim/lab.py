@@ -176,6 +176,13 @@ class SimLab:
         self._write_sessions()
         return s
 
+    def impair_n3(self, *, loss: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
+                  reorder: float = 0.0) -> dict[str, Any]:
+        """Degrade N3 at the gNB (loss, delay ± jitter, reordering; all zero: clear); its counters."""
+        res = self._call("gnb", {"op": "impair", "loss": loss, "delay_ms": delay_ms, "jitter_ms": jitter_ms,
+                                 "reorder": reorder})
+        return dict(res["impairment"])
+
     def release_ue(self, n: int) -> None:
         """PFCP Session Deletion for UE n, then the gNB lets go of its TUN."""
         self._call("smf", {"op": "delete", "ue": n})

@@ -1,4 +1,5 @@
-"""Helpers for the broker tests: real loopback HTTP subscribers and a real broker server.
+"""Helpers for the broker tests: real loopback HTTP subscribers and a real broker server
+(in this process, or a `python -m testbed.broker` process to kill -9 and restart).
 
 Received events are decoded with the cloudevents SDK (not with the broker's own
 codec), so the tests check the wire, not the code against itself.
@@ -9,10 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,8 @@ from cloudevents.core.v1.event import CloudEvent
 
 from testbed.broker.ingress import BROKER_KEY, RUNNER_KEY, build_app
 from testbed.broker.manifests import load_manifests
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -42,6 +49,13 @@ class Subscriber:
     got: list[Received] = field(default_factory=list)
     # path -> function(Received) -> (status, headers, body)
     behaviours: dict[str, Callable[[Received], tuple[int, dict[str, str], bytes]]] = field(default_factory=dict)
+    start_listening: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
+
+    async def come_up(self) -> None:
+        """Start listening (a subscriber made with `down=True` refuses connections until then)."""
+        assert self.start_listening is not None
+        start, self.start_listening = self.start_listening, None
+        await start()
 
     def at(self, path: str) -> list[Received]:
         return [r for r in self.got if r.path == path]
@@ -67,7 +81,9 @@ async def _sub_handler(sub: Subscriber, request: web.Request) -> web.Response:
 
 
 @contextlib.asynccontextmanager
-async def subscriber() -> AsyncIterator[Subscriber]:
+async def subscriber(*, down: bool = False) -> AsyncIterator[Subscriber]:
+    """A subscriber on a loopback port; with `down`, the port is bound but not listening
+    (connections are refused, as from a host whose server is not up) until `come_up()`."""
     sub = Subscriber()
     app = web.Application()
 
@@ -77,14 +93,16 @@ async def subscriber() -> AsyncIterator[Subscriber]:
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    sock = _loopback_socket()
-    site = web.SockSite(runner, sock)
-    await site.start()
+    sock = _loopback_socket(listen=False)  # the site listens when it starts
     sub.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sub.start_listening = web.SockSite(runner, sock).start
+    if not down:
+        await sub.come_up()
     try:
         yield sub
     finally:
         await runner.cleanup()
+        sock.close()
 
 
 def _time_on_wire(headers: dict[str, str], body: bytes) -> bool:
@@ -94,13 +112,20 @@ def _time_on_wire(headers: dict[str, str], body: bytes) -> bool:
     return "ce-time" in lower
 
 
-def _loopback_socket() -> socket.socket:
+def _loopback_socket(listen: bool = True) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
+    if listen:
+        sock.listen(128)
     sock.setblocking(False)
     return sock
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -143,18 +168,109 @@ class RunningBroker:
 
 @contextlib.asynccontextmanager
 async def running_broker(manifest_dir: Path, state_dir: Path, **kw: Any) -> AsyncIterator[RunningBroker]:
+    """The broker in this process (its /_local API on unless `local_api=False`)."""
     sock = _loopback_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    kw.setdefault("local_api", True)
     app = build_app(load_manifests(manifest_dir), url, state_dir, **kw)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.SockSite(runner, sock).start()
+    await app[BROKER_KEY].resume()
     session = aiohttp.ClientSession()
     try:
         yield RunningBroker(url, app, session)
     finally:
         await session.close()
         await runner.cleanup()
+
+
+@dataclass
+class BrokerProcess:
+    """A real `python -m testbed.broker` process on a fixed port and state dir, so it can be
+    killed (-9) and started again on the same store."""
+
+    manifests: Path
+    state_dir: Path
+    log: Path
+    args: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    session: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start and wait until /_local/healthz answers (the store is open and pending
+        deliveries are resumed by then)."""
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "testbed.broker", "--manifests", str(self.manifests), "--listen",
+                 f"127.0.0.1:{self.port}", "--state-dir", str(self.state_dir), *self.args],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.log.parent)
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"broker exited with {self.proc.returncode}:\n{self.log_text()[-1500:]}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with self.session.get(self.url + "/_local/healthz") as resp:
+                    if resp.status == 200 and b"listening on" in self.log.read_bytes():
+                        return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"broker did not come up:\n{self.log_text()[-1500:]}")
+            await asyncio.sleep(0.05)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    async def stop(self) -> int | None:
+        """SIGTERM (clean stop), then close the client; the exit status."""
+        code = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(self.proc.wait, 20)
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+        return code
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    async def post_event(self, attrs: dict[str, Any], data: bytes | None = None,
+                         path: str = "/mec/default") -> aiohttp.ClientResponse:
+        """POST a binary-mode CloudEvent; the (read) response."""
+        assert self.session is not None
+        headers = {f"ce-{k}": str(v) for k, v in attrs.items()}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        async with self.session.post(self.url + path, headers=headers, data=data or b"") as resp:
+            await resp.read()
+            return resp
+
+    async def get_json(self, path: str) -> Any:
+        assert self.session is not None
+        async with self.session.get(self.url + path) as resp:
+            assert resp.status == 200, f"GET {path}: {resp.status}"
+            return await resp.json()
+
+
+@contextlib.asynccontextmanager
+async def broker_process(manifests: Path, state_dir: Path, log: Path, *args: str) -> AsyncIterator[BrokerProcess]:
+    """A started BrokerProcess; stopped (or found killed) at the end."""
+    bp = BrokerProcess(manifests, state_dir, log, list(args))
+    try:
+        await bp.start()
+        yield bp
+    finally:
+        await bp.stop()
 
 
 def write_manifests(directory: Path, text: str, name: str = "manifests.yaml") -> Path:

@@ -154,6 +154,27 @@ def test_session_modification_changes_the_qfi(lab: SimLab) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_n3_impairment_drops_delays_and_clears(lab: SimLab) -> None:
+    """The gNB's N3 impairment (the soak bench's netem stand-in): loss drops, delay adds to the RTT."""
+    try:
+        lab.impair_n3(loss=1.0)
+        assert lab.ue_ping(1, SHOP_IP, count=2).returncode != 0  # every G-PDU dropped
+        assert lab.daemon_status("gnb")["impairment"]["dropped"] >= 2
+        lab.impair_n3(delay_ms=60)
+        r = lab.ue_ping(1, SHOP_IP, count=2)
+        assert r.returncode == 0, r.stdout
+        rtts = [float(x.split("time=")[1].split()[0]) for x in r.stdout.splitlines() if "time=" in x]
+        assert rtts and min(rtts) >= 120.0  # 60 ms each way, UL and DL both held at the gNB
+        with pytest.raises(SimLabError, match="probabilities"):
+            lab.impair_n3(loss=2.0)
+    finally:
+        cleared = lab.impair_n3()
+    assert cleared["loss"] == 0 and cleared["delay_ms"] == 0
+    r = lab.ue_ping(1, SHOP_IP, count=1)
+    assert r.returncode == 0
+    assert float(r.stdout.split("time=")[1].split()[0]) < 60.0
+
+
 def test_garbage_on_n4_and_n3_is_dropped_and_counted(lab: SimLab) -> None:
     before = lab.daemon_status("upf")["counters"]
     def send(ns: str, payload: bytes, addr: tuple[str, int]) -> None:

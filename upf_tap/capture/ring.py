@@ -8,11 +8,19 @@ Layouts (linux/if_packet.h):
   tpacket_req3      7 x u32: block_size, block_nr, frame_size, frame_nr,
                     retire_blk_tov (ms), sizeof_priv, feature_req_word
   tpacket_block_desc  u32 version, u32 offset_to_priv, then tpacket_hdr_v1:
-                    u32 block_status, u32 num_pkts, u32 offset_to_first_pkt, ...
+                    u32 block_status, u32 num_pkts, u32 offset_to_first_pkt, u32 blk_len,
+                    u64 seq_num (the kernel numbers the blocks it fills), ...
   tpacket3_hdr      u32 next_offset, sec, nsec, snaplen, len, status; u16 mac, net; ...
                     followed (TPACKET_ALIGN(48) = 48) by a sockaddr_ll whose
                     sll_pkttype sits at byte 10.
   tpacket_stats_v3  u32 tp_packets, tp_drops, tp_freeze_q_cnt
+
+A ring outlives the process that reads it when its socket is kept elsewhere (systemd's file
+descriptor store: ``mec_common.fdstore``): the kernel goes on filling blocks while no one
+reads, and a new process adopts the socket (``Ring(..., sock=…)``), maps the same ring and
+resumes at the oldest block handed to user space (lowest ``seq_num``). For that to lose
+nothing, a block is given back only once its frames are decoded (``hold``: only once the
+events they gave are durable, see ``release_held``), so a crash replays it instead.
 """
 
 from __future__ import annotations
@@ -52,8 +60,13 @@ _HDR = struct.Struct("<IIIIII HH")  # next_offset, sec, nsec, snaplen, len, stat
 _SLL_PKTTYPE = 48 + 10
 _BLK_STATUS = 8
 _BLK_HDR = struct.Struct("<IIII")  # block_status, num_pkts, offset_to_first_pkt, blk_len
+_BLK_SEQ = struct.Struct("<Q")      # seq_num, at 24 in the block
 
 DEFAULT_BLOCK_SIZE = 1 << 20      # 1 MiB: a power-of-two multiple of the page size
+KEPT_BLOCK_SIZE = 1 << 16         # a ring kept across restarts: the kernel closes a block every retire
+                                  # period even with one frame in it, so while no one reads it is the
+                                  # number of blocks that says how long the ring lasts (64 MiB: 1024
+                                  # blocks, at least 2 s); frames above ~65,400 bytes are truncated
 DEFAULT_RING_MB = 64
 DEFAULT_RETIRE_MS = 2             # a partly filled block is handed over after this long: short, since
                                   # an event may start a function (a full block goes at once)
@@ -116,11 +129,14 @@ class Ring:
 
     def __init__(self, iface: str, ring_mb: int = DEFAULT_RING_MB,
                  block_size: int = DEFAULT_BLOCK_SIZE, retire_ms: int = DEFAULT_RETIRE_MS,
-                 promisc: bool = False) -> None:
+                 promisc: bool = False, sock: socket.socket | None = None) -> None:
+        """A new socket, or with ``sock`` one that an earlier process set up (its ring, filter
+        and bind kept, as ``ring_mb``/``block_size`` said then): ``start`` only maps it."""
         self.iface = iface
+        self.adopted = sock is not None
         try:
             # protocol 0: nothing is queued until bind() (so no unfiltered frames slip in)
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            self.sock = sock if sock is not None else socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         except PermissionError as e:
             raise CaptureError("live capture needs root or CAP_NET_RAW") from e
         try:
@@ -138,9 +154,14 @@ class Ring:
         self.block_nr = max(2, (ring_mb << 20) // block_size)
         self.retire_ms = retire_ms
         self.promisc = promisc
-        self.sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+        if not self.adopted:
+            self.sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
         self.map: mmap.mmap | None = None
         self.next_block = 0
+        self.synced = not self.adopted  # an adopted ring's next block is found by its seq_num
+        self.hold = False  # give blocks back only in release_held(), once their events are durable
+        self.held: list[tuple[int, int]] = []  # (block index, latest frame time in it), in ring order
+        self.replayed_blocks = 0  # blocks an earlier process had taken but not given back
         self.stats = KernelStats()
         self.frames = 0
         self.bytes = 0
@@ -148,7 +169,21 @@ class Ring:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    @property
+    def geometry(self) -> tuple[int, int]:
+        """(block size, block count): an adopting process must map the ring with the same."""
+        return self.block_size, self.block_nr
+
     def start(self) -> None:
+        if self.adopted:
+            try:
+                self.map = mmap.mmap(self.sock.fileno(), self.block_size * self.block_nr,
+                                     mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError as e:  # EINVAL: a ring of another size than the one given
+                raise CaptureError(f"cannot map the kept ring of {self.iface} as {self.block_nr} blocks of "
+                                   f"{self.block_size} bytes: {e}") from e
+            self._resync()
+            return
         req = struct.pack("<7I", self.block_size, self.block_nr, self.block_size, self.block_nr,
                           self.retire_ms, 0, 0)
         try:
@@ -161,6 +196,40 @@ class Ring:
         if self.promisc:
             mreq = struct.pack("<iHH8s", self.ifindex, PACKET_MR_PROMISC, 0, b"")
             self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+
+    def _resync(self) -> bool:
+        """Point next_block at the oldest block the kernel has handed to user space (an
+        adopted ring: the last reader may have stopped anywhere); False while there is none."""
+        m = self.map
+        assert m is not None
+        bs = self.block_size
+        ready = []
+        for i in range(self.block_nr):
+            if _BLK_HDR.unpack_from(m, i * bs + _BLK_STATUS)[0] & TP_STATUS_USER:
+                ready.append((_BLK_SEQ.unpack_from(m, i * bs + 24)[0], i))
+        if not ready:
+            return False
+        self.next_block = min(ready)[1]
+        self.replayed_blocks = len(ready)
+        self.synced = True
+        return True
+
+    def release_held(self, upto_ns: int = 1 << 63) -> int:
+        """Give back the held blocks whose frames are all at or before ``upto_ns`` (decoded, and
+        their events durable); the number given back."""
+        m = self.map
+        if m is None or not self.held:
+            return 0
+        bs = self.block_size
+        keep = []
+        for idx, last_ns in self.held:
+            if last_ns <= upto_ns:
+                struct.pack_into("<I", m, idx * bs + _BLK_STATUS, TP_STATUS_KERNEL)
+            else:
+                keep.append((idx, last_ns))
+        done = len(self.held) - len(keep)
+        self.held = keep
+        return done
 
     def read_stats(self) -> KernelStats:
         """Add the kernel's counters since the last call (reading resets them)."""
@@ -191,6 +260,8 @@ class Ring:
         after ``max_blocks`` blocks when > 0."""
         m = self.map
         assert m is not None, "start() first"
+        if not self.synced and not self._resync():
+            return 0
         bs = self.block_size
         unpack_hdr = _HDR.unpack_from
         linktype = self.linktype
@@ -207,20 +278,27 @@ class Ring:
             recs: list[int] = []
             add = recs.extend
             p = off
+            last_ns = 0
             for _ in range(num):
                 nxt, sec, nsec, snaplen, _wire, _st, mac, _net = unpack_hdr(buf, p)
                 if not (skip_out and buf[p + _SLL_PKTTYPE] == PACKET_OUTGOING):
                     start = p + mac
                     lt = linktype if linktype == LINKTYPE_ETHERNET else raw_ip_linktype(buf[start : start + 1])
-                    add((sec * 1_000_000_000 + nsec, lt, start, start + snaplen))
+                    last_ns = sec * 1_000_000_000 + nsec
+                    add((last_ns, lt, start, start + snaplen))
                     nbytes += snaplen
                 p += nxt
-            struct.pack_into("<I", m, base + _BLK_STATUS, TP_STATUS_KERNEL)  # give it back
-            self.next_block = (self.next_block + 1) % self.block_nr
+            idx = self.next_block
+            self.next_block = (idx + 1) % self.block_nr
             blocks += 1
             if recs:
                 n += len(recs) >> 2
                 sink(buf, recs)
+            # given back after the sink: a crash while decoding leaves the block to be replayed
+            if self.hold:
+                self.held.append((idx, last_ns))
+            else:
+                struct.pack_into("<I", m, base + _BLK_STATUS, TP_STATUS_KERNEL)
             if max_blocks and blocks >= max_blocks:
                 break
         self.frames += n

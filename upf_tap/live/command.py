@@ -1,7 +1,8 @@
 """`upf-tap live`: capture on UPF interfaces and stream AppEvents (stdout or a detector).
 
     upf-tap live --iface IF [--iface IF2 …] [--point n3|n6] [--duration S]
-                 [--detector URL --token-file F] [--tap ID] [--workers N] [--metrics-port P]
+                 [--detector URL --token-file F [--detector-ca PEM] [--spool DIR]]
+                 [--tap ID] [--workers N] [--metrics-port P]
 
 One worker runs in this process; with --workers N > 1, N forked processes share the
 user plane through PACKET_FANOUT and send event lines and counters back here,
@@ -15,16 +16,19 @@ import io
 import multiprocessing as mp
 import os
 import queue
+import re
 import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from mec_common.cli import EXIT_BAD_INPUT, SubParsers
 from upf_tap.capture.common import CaptureError
 from upf_tap.capture.ring import DEFAULT_RING_MB, have_capture_privilege
+from upf_tap.constants import DEFAULT_SPOOL_FSYNC, DEFAULT_SPOOL_MAX_BYTES, MIN_SPOOL_MAX_BYTES
 from upf_tap.events import to_json_line
 from upf_tap.live.metrics import MetricsServer, Snapshot
 from upf_tap.live.sender import (
@@ -34,11 +38,15 @@ from upf_tap.live.sender import (
     DetectorSender,
     SenderError,
     events_url,
+    loss_reason,
+    tls_context,
 )
-from upf_tap.live.worker import CaptureSpec, Worker
+from upf_tap.live.spool import FSYNC_POLICIES, Spool, SpoolError
+from upf_tap.live.worker import CaptureSpec, Worker, kept_sockets
 from upf_tap.options import add_pipeline_options, print_counters, tap_config
 
 if TYPE_CHECKING:
+    import multiprocessing.process
     import multiprocessing.queues
     import multiprocessing.synchronize
 
@@ -78,6 +86,20 @@ def add_live_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     p.add_argument("--detector", metavar="URL",
                    help="POST NDJSON batches to this detector (base URL or full /v1/events URL)")
     p.add_argument("--token-file", metavar="F", help="file holding the detector's bearer token")
+    p.add_argument("--detector-ca", metavar="PEM",
+                   help="verify an https:// detector's certificate against this CA bundle (PEM) instead "
+                        "of the system trust store; the host name is checked either way")
+    p.add_argument("--spool", metavar="DIR",
+                   help="keep events for the detector on disk in DIR until it acknowledges them: nothing "
+                        "is lost while it is down or when the tap restarts (kill -9 included); a restart "
+                        "with the same DIR sends what is left")
+    p.add_argument("--spool-max-bytes", default=_size_text(DEFAULT_SPOOL_MAX_BYTES), metavar="SIZE",
+                   help="most disk the spool takes, e.g. 512M, 4G; when full, new events are refused "
+                        f"and counted (default {_size_text(DEFAULT_SPOOL_MAX_BYTES)})")
+    p.add_argument("--spool-fsync", choices=FSYNC_POLICIES, default=DEFAULT_SPOOL_FSYNC,
+                   help="batch: fsync every batch written to the spool before it is sent, survives a "
+                        "power loss; never: leave it to the kernel, survives a crash of the tap only "
+                        f"(default {DEFAULT_SPOOL_FSYNC})")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="capture processes sharing the traffic by PACKET_FANOUT (default 1)")
     p.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics on this port")
@@ -98,6 +120,49 @@ def add_live_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     return p
 
 
+_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes of ``1073741824``, ``64K``, ``512M``, ``1G``, ``1GiB`` (binary units); ValueError."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"not a size: {text!r}")
+    return int(m[1]) << (10 * " kmgt".index(m[2].lower() or " "))
+
+
+def _size_text(n: int) -> str:
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
+def _validate_detector(args: argparse.Namespace) -> str | None:
+    """The detector and spool options' part of ``_validate``."""
+    if args.detector and not args.token_file:
+        return "--detector needs --token-file"
+    if args.token_file and not args.detector:
+        return "--token-file without --detector"
+    for opt in ("detector_ca", "spool"):
+        if getattr(args, opt) is not None and not args.detector:
+            return f"--{opt.replace('_', '-')} needs --detector"
+    if args.detector:
+        try:
+            url = events_url(args.detector)
+        except SenderError as e:
+            return str(e)
+        if args.detector_ca is not None and url.scheme != "https":
+            return "--detector-ca needs an https:// --detector URL"
+    try:
+        max_bytes = parse_size(args.spool_max_bytes)
+    except ValueError:
+        return f"--spool-max-bytes must be a size such as 512M or 4G: {args.spool_max_bytes!r}"
+    if max_bytes < MIN_SPOOL_MAX_BYTES:
+        return f"--spool-max-bytes must be at least {_size_text(MIN_SPOOL_MAX_BYTES)}"
+    return None
+
+
 def _validate(args: argparse.Namespace) -> str | None:
     """One-line reason the arguments are unusable, or None."""
     if not 1 <= args.workers <= MAX_WORKERS:
@@ -114,16 +179,7 @@ def _validate(args: argparse.Namespace) -> str | None:
         return "--metrics-port must be 0..65535"
     if len(set(args.iface)) != len(args.iface):
         return "an interface is given twice"
-    if args.detector and not args.token_file:
-        return "--detector needs --token-file"
-    if args.token_file and not args.detector:
-        return "--token-file without --detector"
-    if args.detector:
-        try:
-            events_url(args.detector)
-        except SenderError as e:
-            return str(e)
-    return None
+    return _validate_detector(args)
 
 
 def _read_token(path: str) -> str:
@@ -161,9 +217,11 @@ class Totals:
                 elif not k.startswith(_NOT_DROPS):
                     s.drops[k] += v
         if sender is not None:
-            for k, v in sender.stats.items():
-                if k.startswith("dropped_"):
-                    s.drops[f"sender.{k[8:]}"] += v
+            s.sender = sender.counters()
+            for k, v in s.sender.items():
+                reason = loss_reason(k)
+                if reason is not None:
+                    s.drops[reason] += v
         s.sessions = max(0, s.events["session.up"] - s.events["session.down"])
         self.snapshot = s
 
@@ -176,9 +234,15 @@ class Totals:
     def line(self, elapsed: float) -> str:
         s = self.snapshot
         pk = sum(s.packets.values())
-        return (f"{pk} packets ({pk / elapsed if elapsed > 0 else 0:,.0f}/s), "
+        line = (f"{pk} packets ({pk / elapsed if elapsed > 0 else 0:,.0f}/s), "
                 f"{sum(s.bytes.values())} bytes, kernel drops {sum(s.kernel_drops.values())}, "
                 f"events {sum(s.events.values())}, tap drops {sum(s.drops.values())}")
+        if s.sender:
+            line += f", sent {s.sender.get('sent', 0)}"
+        if "spool.spooled" in s.sender:
+            line += (f", spooled {s.sender['spool.spooled']} ({s.sender['spool.pending_bytes']} bytes "
+                     f"unacknowledged)")
+        return line
 
 
 class _Stop:
@@ -202,9 +266,12 @@ def run_live(args: argparse.Namespace) -> int:
     if reason:
         _err(reason)
         return EXIT_BAD_INPUT
+    kept_sockets()  # ring sockets a supervisor kept for us (LISTEN_FDS): read before any worker forks
     try:
         cfg = tap_config(args)
         token = _read_token(args.token_file) if args.detector else ""
+        if args.detector_ca is not None:
+            tls_context(args.detector_ca)  # a bad CA file fails here, in one line, before any capture
     except (ValueError, SenderError) as e:
         _err(str(e))
         return EXIT_BAD_INPUT
@@ -235,17 +302,29 @@ def run_live(args: argparse.Namespace) -> int:
             signal.signal(s, h)
 
 
+def _make_sender(args: argparse.Namespace, token: str) -> DetectorSender | None:
+    """The detector sender (not started) with its spool if asked; SenderError/SpoolError."""
+    if not args.detector:
+        return None
+    spool = Spool(args.spool, max_bytes=parse_size(args.spool_max_bytes), fsync=args.spool_fsync,
+                  warn=_err) if args.spool else None
+    try:
+        return DetectorSender(args.detector, token, max_queue=args.queue, batch_max=args.batch,
+                              linger=args.linger, ca_file=args.detector_ca, spool=spool, warn=_err)
+    except BaseException:
+        if spool is not None:
+            spool.close()
+        raise
+
+
 class _Output:
     """Where event lines go: stdout (JSON lines) or the detector sender."""
 
-    def __init__(self, args: argparse.Namespace, token: str) -> None:
-        self.sender: DetectorSender | None = None
+    def __init__(self, sender: DetectorSender | None) -> None:
+        self.sender = sender
         self.out: TextIO | None = None
         self.broken = False
-        if args.detector:
-            self.sender = DetectorSender(args.detector, token, max_queue=args.queue, batch_max=args.batch,
-                                         linger=args.linger)
-        else:
+        if sender is None:
             self.out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n",
                                         write_through=False) if hasattr(sys.stdout, "buffer") else sys.stdout
 
@@ -304,7 +383,7 @@ def _final_report(totals: Totals, elapsed: float, out: _Output) -> None:
     c["kernel.packets"] = sum(s.kernel_packets.values())
     c["kernel.drops"] = sum(s.kernel_drops.values())
     if out.sender is not None:
-        for k, v in sorted(out.sender.stats.items()):
+        for k, v in sorted(out.sender.counters().items()):
             c[f"sender.{k}"] = v
     print_counters(c)
     sys.stderr.flush()
@@ -316,11 +395,16 @@ def _describe(spec: CaptureSpec) -> str:
 
 
 def _run_inline(args: argparse.Namespace, spec: CaptureSpec, cfg: TapConfig, token: str, stop: _Stop) -> int:
-    out = _Output(args, token)
+    try:
+        out = _Output(_make_sender(args, token))
+    except (SenderError, SpoolError) as e:
+        _err(str(e))
+        return EXIT_BAD_INPUT
     totals = Totals(1)
     try:
         worker = Worker(spec, 0, cfg, out.event)
     except CaptureError as e:
+        out.close()
         _err(str(e))
         return EXIT_BAD_INPUT
     metrics = None
@@ -347,6 +431,8 @@ def _run_inline(args: argparse.Namespace, spec: CaptureSpec, cfg: TapConfig, tok
             if out.broken:
                 stop.flag = True  # nobody reads stdout any more
 
+        if out.sender is not None and out.sender.spool is not None:
+            worker.hold_until_durable(out.sender.sync)  # ring blocks back only once their events are spooled
         worker.run(stop, tick, TICK, after_round)
         totals.update(0, worker.counters(), out.sender)
     finally:
@@ -360,9 +446,26 @@ def _run_inline(args: argparse.Namespace, spec: CaptureSpec, cfg: TapConfig, tok
     return 0
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when its parent dies, kill -9 included: nobody is left to take its events,
+    and an orphan would go on capturing and keep the parent's pipes open."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: the parent stops its workers itself
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(1)
+
+
 def _worker_main(spec: CaptureSpec, wid: int, cfg: TapConfig, q: WorkerQueue,
-                 stop_ev: multiprocessing.synchronize.Event) -> None:
+                 stop_ev: multiprocessing.synchronize.Event, parent: int) -> None:
     """Entry of a forked worker: capture, send event lines and counters to the parent."""
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: stop_ev.set())
     batch: list[str] = []
@@ -398,15 +501,30 @@ def _worker_main(spec: CaptureSpec, wid: int, cfg: TapConfig, q: WorkerQueue,
         q.join_thread()
 
 
+def _stop_workers(procs: Sequence[multiprocessing.process.BaseProcess],
+                  stop_ev: multiprocessing.synchronize.Event) -> None:
+    stop_ev.set()
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.terminate()
+            p.join(timeout=2)
+
+
 def _run_workers(args: argparse.Namespace, spec: CaptureSpec, cfg: TapConfig, token: str, stop: _Stop) -> int:
     ctx = mp.get_context("fork")
     q: WorkerQueue = ctx.Queue()
     stop_ev = ctx.Event()
-    procs = [ctx.Process(target=_worker_main, args=(spec, wid, cfg, q, stop_ev), name=f"upf-tap-w{wid}",
-                         daemon=True) for wid in range(spec.workers)]
+    procs = [ctx.Process(target=_worker_main, args=(spec, wid, cfg, q, stop_ev, os.getpid()),
+                         name=f"upf-tap-w{wid}", daemon=True) for wid in range(spec.workers)]
     for p in procs:
-        p.start()  # fork before any thread of ours exists (sender, metrics)
-    out = _Output(args, token)
+        p.start()  # fork before any thread of ours exists (sender, metrics), and before the spool is open
+    try:
+        out = _Output(_make_sender(args, token))
+    except (SenderError, SpoolError) as e:
+        _stop_workers(procs, stop_ev)
+        _err(str(e))
+        return EXIT_BAD_INPUT
     totals = Totals(spec.workers)
     metrics = None
     ready: set[int] = set()
@@ -470,12 +588,7 @@ def _run_workers(args: argparse.Namespace, spec: CaptureSpec, cfg: TapConfig, to
                 next_report = time.monotonic() + args.report_every
                 _err(totals.line(time.monotonic() - t0))
     finally:
-        stop_ev.set()
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=2)
+        _stop_workers(procs, stop_ev)
         out.close()
         if metrics is not None:
             metrics.close()

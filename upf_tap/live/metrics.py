@@ -33,6 +33,27 @@ class Snapshot:
     flows: int = 0      # active flows
     sessions: int = 0   # PDU sessions up and not down
     workers: int = 1
+    sender: dict[str, int] = field(default_factory=dict)  # DetectorSender.counters(); empty without one
+
+
+# The detector sender's families, shown when there is a sender (its losses are in drops_total):
+# (key in DetectorSender.counters(), family, type, help)
+SENDER_FAMILIES = (
+    ("sent", "sender_events_sent_total", "counter", "AppEvents the detector accepted (2xx)."),
+    ("posts", "sender_posts_total", "counter", "POSTs the detector accepted."),
+    ("retries", "sender_retries_total", "counter",
+     "POSTs retried after a connection or TLS error, or 404/408/409/429/5xx."),
+    ("tls_errors", "sender_tls_errors_total", "counter",
+     "TLS handshakes with the detector that failed (certificate not verified, name mismatch)."),
+    ("spool.spooled", "spool_events_total", "counter", "AppEvents written to the on-disk spool."),
+    ("spool.torn_tails", "spool_torn_tails_total", "counter",
+     "Torn records found at the end of a spool segment (after a crash) and cut off."),
+    ("spool.corrupt", "spool_corrupt_records_total", "counter",
+     "Spool records that failed their checksum (the rest of their segment is skipped)."),
+    ("spool.bytes", "spool_bytes", "gauge", "Bytes of spool segments on disk."),
+    ("spool.pending_bytes", "spool_pending_bytes", "gauge",
+     "Bytes of spooled AppEvents the detector has not acknowledged yet."),
+)
 
 
 def _esc(v: str) -> str:
@@ -67,6 +88,9 @@ def render(s: Snapshot) -> str:
     _family(out, "flows", "gauge", "Flows in the flow tables.", None, s.flows)
     _family(out, "sessions", "gauge", "PDU sessions seen up and not yet down.", None, s.sessions)
     _family(out, "workers", "gauge", "Capture worker processes.", None, s.workers)
+    for key, name, kind, help_ in SENDER_FAMILIES:
+        if key in s.sender:
+            _family(out, name, kind, help_, None, s.sender[key])
     return "\n".join(out) + "\n"
 
 

@@ -12,16 +12,26 @@ from __future__ import annotations
 
 import heapq
 import select
+import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mec_common import fdstore
 from upf_tap.capture import bpf, fanout
 from upf_tap.capture.common import LINKTYPE_ETHERNET, CaptureError
 from upf_tap.capture.netns import in_netns
-from upf_tap.capture.ring import DEFAULT_RETIRE_MS, DEFAULT_RING_MB, Ring, poll_rings
+from upf_tap.capture.ring import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_RETIRE_MS,
+    DEFAULT_RING_MB,
+    KEPT_BLOCK_SIZE,
+    Ring,
+    poll_rings,
+)
 from upf_tap.constants import PFCP_PORT
 
 if TYPE_CHECKING:
@@ -60,16 +70,51 @@ def capture_filter(spec: CaptureSpec, role: str, l2: int) -> list[bpf.Insn]:
     return bpf.capture_program("n3", l2, ports, sctp=spec.control_plane)
 
 
-def _open(spec: CaptureSpec, iface: str, role: str, group: int | None) -> Ring:
+_kept: dict[str, int] | None = None
+
+
+def kept_sockets() -> dict[str, int]:
+    """The ring sockets a supervisor passed back to this process (LISTEN_FDS), by name. Read
+    once, in the process that was started (workers fork after it and inherit the fds)."""
+    global _kept
+    if _kept is None:
+        _kept = {name: fd for name, fd in fdstore.listen_fds().items() if name.startswith("ring.")}
+    return _kept
+
+
+def ring_name(worker_id: int, role: str, iface: str, block_size: int, block_nr: int) -> str:
+    return f"ring.w{worker_id}.{role}.{block_size}x{block_nr}.{iface}"
+
+
+def _open(spec: CaptureSpec, iface: str, role: str, group: int | None, worker_id: int = 0) -> Ring:
     try:
         with in_netns(spec.netns):
-            return _open_here(spec, iface, role, group)
+            mb = CONTROL_RING_MB if role == "control" else spec.ring_mb
+            kept = kept_sockets()
+            block = KEPT_BLOCK_SIZE if kept or fdstore.supervised() else DEFAULT_BLOCK_SIZE
+            name = ring_name(worker_id, role, iface, block, max(2, (mb << 20) // block))
+            fd = kept.pop(name, None)
+            if fd is not None:  # kept for us while we were down: the ring has gone on filling
+                ring = Ring(iface, mb, block, promisc=spec.promisc,
+                            sock=socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0, fileno=fd))
+                try:
+                    ring.start()
+                except BaseException:
+                    ring.close()
+                    raise
+                print(f"upf-tap live: {iface}: resuming the kept ring ({ring.replayed_blocks} blocks waiting)",
+                      file=sys.stderr, flush=True)
+                return ring
+            ring = _open_here(spec, iface, role, group, block)
+            fdstore.store(ring.fileno(), name)  # no supervisor: nothing to do
+            return ring
     except OSError as e:
         raise CaptureError(f"{iface}: {e}") from e
 
 
-def _open_here(spec: CaptureSpec, iface: str, role: str, group: int | None) -> Ring:
-    ring = Ring(iface, CONTROL_RING_MB if role == "control" else spec.ring_mb, promisc=spec.promisc)
+def _open_here(spec: CaptureSpec, iface: str, role: str, group: int | None,
+               block_size: int = DEFAULT_BLOCK_SIZE) -> Ring:
+    ring = Ring(iface, CONTROL_RING_MB if role == "control" else spec.ring_mb, block_size, promisc=spec.promisc)
     try:
         l2 = 14 if ring.linktype == LINKTYPE_ETHERNET else 0
         program = capture_filter(spec, role, l2)
@@ -115,9 +160,10 @@ def open_rings(spec: CaptureSpec, worker_id: int) -> list[Ring]:
         for i, iface in enumerate(spec.ifaces):
             role = next(roles)
             # a fanout group belongs to one device: one group id per interface
-            rings.append(_open(spec, iface, role, None if role == "all" else (spec.group_id + i) & 0xFFFF))
+            rings.append(_open(spec, iface, role, None if role == "all" else (spec.group_id + i) & 0xFFFF,
+                               worker_id))
             if role == "data" and spec.point == "n3" and spec.control_plane:
-                rings.append(_open(spec, iface, next(roles), None))
+                rings.append(_open(spec, iface, next(roles), None, worker_id))
     except BaseException:
         for r in rings:
             r.close()
@@ -139,8 +185,24 @@ class Worker:
         self.tap = Tap(tap_config, self._filter_emit if worker_id else self._count_emit)
         self._pending: list[tuple[int, int, int, bytes]] = []  # merge heap (several rings)
         self._seq = 0
+        self._fed_upto = 0  # every frame up to this capture time has been decoded
+        self._commit: Callable[[], bool] | None = None
         self.rings = open_rings(spec, worker_id)
         self.roles = ring_roles(spec)
+
+    def hold_until_durable(self, commit: Callable[[], bool]) -> None:
+        """Give ring blocks back only after ``commit()`` has made the events of their frames
+        durable (the sender's spool; False: not yet, keep them held): a crash then replays
+        them from a kept ring."""
+        self._commit = commit
+        for r in self.rings:
+            r.hold = True
+
+    def _give_back(self, upto_ns: int) -> None:
+        if self._commit is None or not any(r.held for r in self.rings) or not self._commit():
+            return
+        for r in self.rings:
+            r.release_held(upto_ns)
 
     def _count_emit(self, ev: dict[str, Any]) -> None:
         self.emitted[ev["kind"]] += 1
@@ -154,7 +216,9 @@ class Worker:
 
     def _round(self, timeout_ms: int) -> int:
         if len(self.rings) == 1:  # whole blocks to the tap's fast path
-            return poll_rings(self.rings, None, timeout_ms, batch_sink=self._consume_block)
+            n = poll_rings(self.rings, None, timeout_ms, batch_sink=self._consume_block)
+            self._give_back(1 << 63)
+            return n
         # Several rings (control + data, or several interfaces): the kernel hands each
         # ring's frames over in blocks, at most a retire period late, so a frame from one
         # ring may show up after later frames from another. Hold every frame for a few
@@ -189,6 +253,7 @@ class Worker:
         if pending and pending[0][0] > now + CLOCK_STEP_NS:
             now = 1 << 63  # the clock stepped back: holding on would stall; release all
         self._release(now - HOLD_NS)
+        self._give_back(self._fed_upto)
         return n
 
     def _consume_block(self, buf: bytes, recs: list[int]) -> None:
@@ -201,6 +266,7 @@ class Worker:
         while pending and pending[0][0] <= upto_ns:
             ts, _seq, lt, f = pop(pending)
             feed(ts, lt, f)
+        self._fed_upto = upto_ns if not pending else min(upto_ns, pending[0][0] - 1)
 
     def run(self, stop: Callable[[], bool], tick: Callable[[], None] | None = None,
             tick_every: float = 1.0, after_round: Callable[[], None] | None = None) -> None:
@@ -225,6 +291,7 @@ class Worker:
         self.tap.finish()
         if after_round is not None:
             after_round()
+        self._give_back(1 << 63)  # a clean stop: nothing for the next process to replay
 
     def counters(self) -> dict[str, Any]:
         """Tap counters and per-interface ring counters (reads PACKET_STATISTICS)."""
