@@ -89,12 +89,22 @@ def _e2e_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _soak_rows(r: dict[str, Any]) -> list[Row]:
+    lat = r["latency_ms"]
+    flat = max((g["rss_growth_pct"] for g in r["resource_growth"].values()), default=0.0)
+    return [(f"soak {r['seconds']:g} s at {r['rate']:g}/s, {r['faults']} faults: lost / duplicates",
+             f"{r['lost']} / {r['duplicates']}", f"{r['delivered']}/{r['expected']} delivered, target 0 lost"),
+            ("  UE send -> function p50 / p99 (ms)", f"{lat['p50']:.0f} / {lat['p99']:.0f}", "faults included"),
+            ("  largest RSS growth of a process (%)", f"{flat:+.1f}", "target flat")]
+
+
 BENCHES = [
     Bench("tap", "bench_tap.py", [], ["--packets", "100000", "--rounds", "2"], False, _tap_rows),
     Bench("detector", "bench_detector.py", [], ["--events", "5000", "--seconds", "3"], False, _detector_rows),
     Bench("live", "bench_live.py", [], ["--packets", "100000", "--rates", "50000,100000,0", "--peer", "none"],
           True, _live_rows),
     Bench("e2e", "bench_e2e.py", [], ["--rates", "10,100", "--seconds", "5"], True, _e2e_rows),
+    Bench("soak", "bench_soak.py", [], ["--seconds", "30", "--rate", "100", "--settle", "60"], True, _soak_rows),
 ]
 
 

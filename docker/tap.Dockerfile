@@ -3,6 +3,8 @@
 # Runs as a non-root user; the only privilege is CAP_NET_RAW (AF_PACKET), held as a file
 # capability on the interpreter, so the container needs `cap_add: [NET_RAW]` (after
 # `cap_drop: [ALL]`) and must not set no-new-privileges (that would void file capabilities).
+# /var/lib/upf-tap/spool: the spool's directory (a named volume in compose: it starts as a copy
+# of this directory, ownership included, so the read-only container can write there).
 # Build from the repository root: docker build -f docker/tap.Dockerfile .
 FROM python:3.11.13-slim-bookworm
 
@@ -21,7 +23,8 @@ RUN pip install . \
 
 RUN setcap cap_net_raw+ep "$(readlink -f /usr/local/bin/python3)" \
     && apt-get purge -y libcap2-bin && apt-get autoremove -y \
-    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin tap
+    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin tap \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/upf-tap/spool
 
 USER 10001:10001
 WORKDIR /

@@ -203,9 +203,11 @@ def run_ue_plans(stack: Any, actions: list[Action], start: float) -> list[dict[s
                                       stderr=subprocess.PIPE, text=True), plan, acts)
     outs: dict[int, tuple[str, str]] = {}
     threads = []
+    # as long as the plan lasts, plus room for actions that ran late (each waits at most its timeout)
+    limit = max(600.0, start - time.time() + max((a.at for a in actions), default=0.0) + 300.0)
     for ue, (proc, plan, _) in procs.items():
         def talk(ue: int = ue, proc: subprocess.Popen[str] = proc, plan: str = plan) -> None:
-            outs[ue] = proc.communicate(plan, timeout=600)
+            outs[ue] = proc.communicate(plan, timeout=limit)
         t = threading.Thread(target=talk, daemon=True)
         t.start()
         threads.append(t)

@@ -465,6 +465,9 @@ def compose_doc(subs: list[Subscriber]) -> dict[str, Any]:
     return {"name": L.PROJECT, "services": services, "networks": networks, "volumes": {"mongo-data": {}}}
 
 
+TAP_SPOOL_DIR = "/var/lib/upf-tap/spool"  # made in docker/tap.Dockerfile, owned by uid 10001
+
+
 def tap_override_doc() -> dict[str, Any]:
     """Second compose file: the tap in the UPF's namespace, streaming to the detector in kind."""
     common: dict[str, Any] = {
@@ -480,22 +483,29 @@ def tap_override_doc() -> dict[str, Any]:
         "restart": "on-failure",
     }
     args = ["--tap", DEFAULT_TAP_ID, "--identity", "/etc/mec/subscribers.yaml",
-            "--detector", L.DETECTOR_URL, "--token-file", "/run/secrets/detector_token"]
+            "--detector", L.DETECTOR_URL, "--token-file", "/run/secrets/detector_token",
+            "--spool", TAP_SPOOL_DIR]  # events wait on disk while the detector is away, and across restarts
+
+    def spooled(volume: str) -> dict[str, Any]:  # each tap its own spool (one process per spool directory)
+        return {**common, "volumes": [*common["volumes"], f"{volume}:{TAP_SPOOL_DIR}"]}
+
     return {
         # no `upf:` entry here: a network added to it would change its config hash, and Compose would
         # recreate the UPF under live PDU sessions; `testbed lab up` connects the running UPF to kind's
         # network with `docker network connect` instead (docs/lab.md)
         "services": {
             # N3 (GTP-U) and N4 (PFCP): interfaces found by subnet, Docker's ethN order is not stable
-            "tap": {**common,
+            "tap": {**spooled("tap-spool"),
                     "environment": {"TAP_SUBNETS": f"{L.NETWORKS['ran']},{L.NETWORKS['core']}"},
                     "command": ["--point", "n3", *args]},
             # N6 as the UE sees it: plain IP on ogstun, before the NAT
-            "tap-n6": {**common,
+            "tap-n6": {**spooled("tap-n6-spool"),
                        "environment": {"TAP_IFACES": L.OGSTUN},
                        "command": ["--point", "n6", *args]},
         },
         "secrets": {"detector_token": {"file": "./secrets/detector-token"}},
+        # named volumes start as a copy of the image's directory, owned by the tap's user (docker/tap.Dockerfile)
+        "volumes": {"tap-spool": {}, "tap-n6-spool": {}},
     }
 
 
