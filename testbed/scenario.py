@@ -7,6 +7,7 @@ A scenario file (YAML) - see docs/scenarios.md::
 
     name: buy-click
     ues: 2
+    eventing: broker        # or channel: the detector's sink (k8s/knative/broker.yaml or channel.yaml)
     actions:
       - {ue: 1, at: 0.5, http: {method: POST, url: "http://shop.mec.local/api/v1/buy?item=3"}}
       - {ue: 2, at: 0.5, dns: {qname: shop.mec.local}}
@@ -104,6 +105,7 @@ class Scenario:
     functions: dict[str, int]
     deadline: float
     path: Path | None = None
+    eventing: str = "broker"   # the detector's sink: the Broker (Triggers) or the Channel (Subscriptions)
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -117,9 +119,12 @@ def load_scenario(path: Path) -> Scenario:
         raise ScenarioError(f"{where}: not valid YAML: {e}".splitlines()[0]) from None
     if not isinstance(doc, dict):
         raise ScenarioError(f"{where}: expected a mapping with name, ues, actions, expect")
-    unknown = set(doc) - {"name", "ues", "actions", "expect", "description"}
+    unknown = set(doc) - {"name", "ues", "actions", "expect", "description", "eventing"}
     if unknown:
         raise ScenarioError(f"{where}: unknown key(s) {sorted(unknown)}")
+    eventing = doc.get("eventing", "broker")
+    if eventing not in ("broker", "channel"):
+        raise ScenarioError(f"{where}: eventing must be broker or channel, not {eventing!r}")
     ues = doc.get("ues", 1)
     if not isinstance(ues, int) or not 1 <= ues <= 250:
         raise ScenarioError(f"{where}: ues must be an integer from 1 to 250")
@@ -169,7 +174,7 @@ def load_scenario(path: Path) -> Scenario:
         functions[str(f["service"])] = int(f.get("min", 1))
     deadline = float(expect.get("deadline", 15))
     return Scenario(str(doc.get("name") or Path(path).stem), ues, sorted(actions, key=lambda a: a.at),
-                    events, functions, deadline, Path(path))
+                    events, functions, deadline, Path(path), eventing)
 
 
 # ---------------------------------------------------------------------- sim backend
@@ -371,7 +376,7 @@ def run_scenario(args: argparse.Namespace) -> int:
     from testbed.stack import Stack
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mec-scenario-"))
-    stack = Stack(workdir, "sim", ues=scn.ues, lab_id=args.lab_id,
+    stack = Stack(workdir, "sim", ues=scn.ues, lab_id=args.lab_id, eventing=scn.eventing,
                   progress=lambda m: print(f"  .. {m}", file=sys.stderr, flush=True))
     with stack:
         out = run_on_stack(scn, stack)

@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 MANIFESTS = REPO / "k8s" / "knative"
 DEMO_RULES = REPO / "examples" / "rules" / "mec-demo.yaml"
 BROKER_PATH = "/mec/default"          # the Broker in k8s/knative/broker.yaml
+CHANNEL_PATH = "/channels/mec/mec-events"  # the Channel in k8s/knative/channel.yaml, as the local broker serves it
+EVENTING_PATHS = {"broker": BROKER_PATH, "channel": CHANNEL_PATH}  # the paper's two event paths
 STARTUP_TIMEOUT = 30.0
 Progress = Callable[[str], None]
 
@@ -75,6 +77,7 @@ class Stack:
     broker_url: str = ""
     detector_url: str = ""
     token: str = ""
+    eventing: str = "broker"          # the detector's sink: the Broker (Triggers) or the Channel (Subscriptions)
     sink_url: str = ""                # the detector's sink when not the broker (a fault proxy in front of it)
     tap_args: list[str] = field(default_factory=list)       # more `upf-tap live` options (e.g. --spool)
     detector_args: list[str] = field(default_factory=list)  # more `detector serve` options
@@ -200,7 +203,9 @@ class Stack:
         token_file = self.workdir / "detector.token"
         token_file.write_text(self.token + "\n")
         token_file.chmod(0o600)
-        sink = self.sink_url or f"{self.broker_url}{BROKER_PATH}"
+        if self.eventing not in EVENTING_PATHS:
+            raise StackError(f"eventing must be one of {', '.join(EVENTING_PATHS)}, not {self.eventing!r}")
+        sink = self.sink_url or f"{self.broker_url}{EVENTING_PATHS[self.eventing]}"
         self.progress(f"starting the detector on {self.detector_url} (sink {sink})")
         (self.workdir / "detector").mkdir(exist_ok=True)
         proc, log = self._spawn("detector", [

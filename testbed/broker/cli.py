@@ -1,6 +1,7 @@
 """`testbed broker --manifests DIR [--listen HOST:PORT] [--state-dir DIR] [--local-api]`: the local
 Knative-compatible broker. Accepted events are kept in `<state-dir>/broker.db` (SQLite WAL) until
-every matching Trigger has them, so a restart on the same state dir delivers what a kill left.
+every matching Trigger (or every Subscription of the Channel) has them, so a restart on the same
+state dir delivers what a kill left.
 
 The lead's testbed/cli.py calls `add_broker_parser(subparsers)` and dispatches to
 `run_broker(args)`; `python -m testbed.broker` runs the same command on its own.
@@ -60,8 +61,9 @@ def add_broker_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p = subparsers.add_parser(
         "broker",
         help="run the local Knative-compatible Broker and function runner",
-        description="Serve the Brokers, Triggers and Knative Services found in the YAML manifests under "
-                    "DIR: Broker ingress at /<namespace>/<broker>, sample functions scaled from zero.",
+        description="Serve the Brokers, Triggers, Channels, Subscriptions and Knative Services found in the YAML "
+                    "manifests under DIR: Broker ingress at /<namespace>/<broker>, Channels at "
+                    "/channels/<namespace>/<channel>, sample functions scaled from zero.",
     )
     add_broker_arguments(p)
     p.set_defaults(func=run_broker)
@@ -70,7 +72,7 @@ def add_broker_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def add_broker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifests", default=DEFAULT_MANIFESTS, metavar="DIR",
-                   help=f"directory (or file) of Broker/Trigger/Service YAML (default {DEFAULT_MANIFESTS})")
+                   help=f"directory (or file) of Broker/Trigger/Channel/Subscription/Service YAML (default {DEFAULT_MANIFESTS})")
     p.add_argument("--listen", default=DEFAULT_LISTEN, type=parse_listen, metavar="HOST:PORT",
                    help=f"where the ingress listens (default {DEFAULT_LISTEN})")
     p.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
@@ -108,8 +110,7 @@ def run_broker(args: argparse.Namespace) -> int:
         return 2
     host, port = args.listen
     if args.check:
-        print(f"{args.manifests}: {len(manifests.brokers)} broker(s), {len(manifests.triggers)} trigger(s), "
-              f"{len(manifests.services)} service(s); ok")
+        print(f"{args.manifests}: {_counts(manifests)}; ok")
         return 0
     try:
         return asyncio.run(_serve(manifests, host, port, args))
@@ -136,9 +137,7 @@ async def _serve(manifests: Manifests, host: str, port: int, args: argparse.Name
             await web_runner.setup()  # opens the event store
             await web.TCPSite(web_runner, host, port).start()
             await app[BROKER_KEY].resume()
-            print(f"broker: listening on http://{shown}:{port} ({len(manifests.brokers)} broker(s), "
-                  f"{len(manifests.triggers)} trigger(s), {len(manifests.services)} service(s)); "
-                  f"state in {state}", flush=True)
+            print(f"broker: listening on http://{shown}:{port} ({_counts(manifests)}); state in {state}", flush=True)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -147,6 +146,11 @@ async def _serve(manifests: Manifests, host: str, port: int, args: argparse.Name
         finally:
             await web_runner.cleanup()
     return 0
+
+
+def _counts(m: Manifests) -> str:
+    return (f"{len(m.brokers)} broker(s), {len(m.triggers)} trigger(s), {len(m.channels)} channel(s), "
+            f"{len(m.subscriptions)} subscription(s), {len(m.services)} service(s)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The Broker's data plane: accept an event, fan it out to the matching Triggers.
+"""The data plane: accept an event into a Broker (fan it out to the matching Triggers) or into a
+Channel (fan it out to every Subscription: testbed/broker/channels.py).
 
 What Knative's MT channel-based broker does, in one process:
 - ingress: stamps `knativearrivaltime`, manages the TTL (`knativebrokerttl`: set to
@@ -14,7 +15,7 @@ Unlike the MT channel-based broker (whose InMemoryChannel holds events in memory
 202 comes only once the event and one pending row per matching Trigger are committed to
 the event store (testbed/broker/store.py); each row is updated when its delivery ends,
 and on start every pending row is delivered again: at least once per Trigger across a
-kill -9 of the broker.
+kill -9 of the broker. Channels use the same store, one pending row per Subscription.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ from typing import Any
 
 import aiohttp
 
+from testbed.broker.channels import (
+    ChannelCounters,
+    SubscriptionRoute,
+    channel_key,
+    deliver,
+    is_subscription_key,
+    lab_address,
+    subscription_routes,
+)
 from testbed.broker.delivery import (
     DEFAULT_BROKER_DELIVERY,
     Attempt,
@@ -39,7 +49,16 @@ from testbed.broker.delivery import (
 )
 from testbed.broker.events import Event
 from testbed.broker.filters import Filter, passes, trigger_filter
-from testbed.broker.manifests import Broker, DeliverySpec, Destination, Manifests, Trigger
+from testbed.broker.manifests import (
+    DEFAULT_CHANNEL_TEMPLATE,
+    MESSAGING_V1,
+    Broker,
+    DeliverySpec,
+    Destination,
+    Manifests,
+    Ref,
+    Trigger,
+)
 from testbed.broker.store import (
     DEAD_LETTERED,
     DELIVERED,
@@ -79,9 +98,9 @@ def next_ttl(event: Event) -> int:
 
 @dataclass
 class Dispatch:
-    """What happened to one event at one Trigger."""
+    """What happened to one event at one Trigger (or Subscription)."""
 
-    trigger: str
+    trigger: str                 # namespace/name of a Trigger, or subscriptions/namespace/name
     event_id: str
     event_type: str
     outcome: str                 # delivered | dead-lettered | failed
@@ -113,11 +132,12 @@ class BrokerStats:
     dispatches: deque[Dispatch] = field(default_factory=lambda: deque(maxlen=HISTORY))
     outcomes: Counter[str] = field(default_factory=Counter)
     recovered: int = 0           # pending deliveries loaded from the store at start
-    orphaned: int = 0            # pending deliveries whose Trigger is no longer in the manifests
+    orphaned: int = 0            # pending deliveries whose Trigger/Subscription the manifests no longer have
 
 
 class LocalBroker:
-    """All Brokers of a manifest set; `ingest` is what the HTTP ingress calls.
+    """All Brokers and Channels of a manifest set; `ingest` and `ingest_channel` are what the HTTP
+    ingress calls.
 
     Lifecycle: `start` (open the store), `resume` once the ingress listens (deliver what
     the store still has pending: a Trigger's subscriber may be a local function behind
@@ -144,6 +164,10 @@ class LocalBroker:
                 resolve(dls) if dls else None, bool(delivery and delivery.format == "json"),
             ))
         self._by_trigger = {r.key: r for routes in self._routes.values() for r in routes}
+        self._resolve = resolve
+        self._channel_routes = subscription_routes(manifests, resolve)
+        self._by_subscription = {r.key: r for routes in self._channel_routes.values() for r in routes}
+        self.channel_stats = {key: ChannelCounters() for key in manifests.channels}
 
     async def start(self) -> None:
         await self.store.open()  # first: nothing to clean up if it cannot open
@@ -154,17 +178,22 @@ class LocalBroker:
         """Deliver again what was accepted but not finished when the broker last stopped."""
         orphans: Counter[str] = Counter()
         for p in await self.store.pending():
-            route = self._by_trigger.get(p.trigger)
-            if route is None:  # kept pending: the Trigger may come back with the manifests
-                orphans[p.trigger] += 1
+            if is_subscription_key(p.trigger):
+                sub_route = self._by_subscription.get(p.trigger)
+                if sub_route is not None:
+                    self.stats.recovered += 1
+                    self._spawn(self._dispatch_subscription(sub_route, p.seq, p.event))
+                    continue
+            elif (route := self._by_trigger.get(p.trigger)) is not None:
+                self.stats.recovered += 1
+                self._spawn(self._dispatch(route, p.seq, p.event))
                 continue
-            self.stats.recovered += 1
-            self._spawn(self._dispatch(route, p.seq, p.event))
+            orphans[p.trigger] += 1  # kept pending: the Trigger or Subscription may come back with the manifests
         self.stats.orphaned = sum(orphans.values())
         if self.stats.recovered:
             log.info("resuming %d pending deliveries from %s", self.stats.recovered, self.store.path)
         for trigger, n in sorted(orphans.items()):
-            log.warning("%d pending deliveries for Trigger %s, which the manifests no longer have: kept", n, trigger)
+            log.warning("%d pending deliveries for %s, which the manifests no longer have: kept", n, trigger)
 
     async def close(self, grace: float = STOP_GRACE) -> None:
         try:
@@ -218,6 +247,60 @@ class LocalBroker:
             self._spawn(self._dispatch(route, seq, event))
         return 202
 
+    def has_channel(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self.manifests.channels
+
+    def channel_url(self, namespace: str, name: str) -> str:
+        """The Channel's address on this broker (what status.address.url is in a cluster)."""
+        return self._resolve(Destination(Ref("Channel", name, namespace, MESSAGING_V1)))
+
+    async def ingest_channel(self, namespace: str, name: str, event: Event) -> int:
+        """Accept an event into a Channel: 202 once stored with one pending row per Subscription (also
+        with none: then it is dropped, as Knative does), 404 unknown channel, 503 the store refused."""
+        counters = self.channel_stats.get((namespace, name))
+        if counters is None:
+            self.stats.refused["unknown-channel"] += 1
+            return 404
+        event = event.copy()  # stored as received: a Channel stamps no arrival time and keeps no TTL
+        routes = self._channel_routes[(namespace, name)]
+        try:
+            seq = await self.store.append(channel_key(namespace, name), event, [r.key for r in routes])
+        except StoreError as exc:
+            counters.refused["store-unavailable"] += 1
+            log.warning("refusing event %s for channel %s/%s (503): %s", event.get("id"), namespace, name, exc)
+            return 503
+        counters.accepted += 1
+        if not routes:
+            counters.dropped += 1
+            log.debug("channel %s/%s has no Subscription: event %s dropped", namespace, name, event.get("id"))
+        for route in routes:
+            self._spawn(self._dispatch_subscription(route, seq, event))
+        return 202
+
+    async def _dispatch_subscription(self, route: SubscriptionRoute, seq: int, event: Event) -> None:
+        try:
+            await self._deliver_subscription(route, seq, event)
+        except Exception:  # as _dispatch: logged, counted, and the row stays pending
+            log.exception("subscription %s: dispatch of event %s failed", route.key, event.get("id"))
+            self.stats.outcomes["failed"] += 1
+
+    async def _deliver_subscription(self, route: SubscriptionRoute, seq: int, event: Event) -> None:
+        assert self._session is not None, "LocalBroker.start() was not awaited"
+        started = time.monotonic()
+
+        def note_retry(attempt: Attempt) -> None:
+            self.store.update(DeliveryUpdate(seq, route.key, PENDING, 1, attempt.status))
+
+        result = await deliver(self._session, route, event, on_retry=note_retry)
+        if result.failed_at is not None:
+            log.warning("subscription %s: event %s failed at %s (%s): %s", route.key, event.get("id"),
+                        result.failed_at, result.outcome.attempt.status, result.state)
+        self.store.update(DeliveryUpdate(seq, route.key, result.state, 1, result.outcome.attempt.status))
+        sub = route.subscription
+        per_sub = self.channel_stats[(sub.namespace, sub.channel)].outcomes
+        per_sub.setdefault(route.key, Counter())[result.state] += 1
+        self._record(route.key, event, result.state, result.outcome, result.reply_id, time.monotonic() - started)
+
     def _matches(self, route: _Route, event: Event) -> bool:
         try:
             return passes(route.flt, event.attrs)
@@ -267,7 +350,7 @@ class LocalBroker:
         if failed is not None:
             result = await self._dead_letter(route, out, failed_dest, failed)
         self.store.update(DeliveryUpdate(seq, route.key, result, 1, outcome.attempt.status))
-        self._record(t, event, result, outcome, reply_id, time.monotonic() - started)
+        self._record(route.key, event, result, outcome, reply_id, time.monotonic() - started)
 
     async def _dead_letter(self, route: _Route, event: Event, dest: str, failed: Attempt) -> str:
         t = route.trigger
@@ -284,11 +367,11 @@ class LocalBroker:
                     t.namespace, t.name, event.get("id"), dl.attempt.status)
         return FAILED
 
-    def _record(self, t: Trigger, event: Event, result: str, outcome: Outcome, reply_id: str | None,
+    def _record(self, name: str, event: Event, result: str, outcome: Outcome, reply_id: str | None,
                 seconds: float) -> None:
         self.stats.outcomes[result] += 1
         self.stats.dispatches.append(Dispatch(
-            f"{t.namespace}/{t.name}", str(event.get("id")), str(event.get("type")), result,
+            name, str(event.get("id")), str(event.get("type")), result,
             outcome.attempt.status, outcome.tries, reply_id, seconds,
         ))
 
@@ -310,6 +393,27 @@ class LocalBroker:
                       "transactions": store.transactions, "events_committed": store.events_committed,
                       "recovered": s.recovered, "orphaned": s.orphaned, **await store.counts()},
         }
+
+
+    def channels_snapshot(self) -> dict[str, Any]:
+        """Per Channel (namespace/name): its address here and in a cluster, what it accepted and
+        dropped, and per Subscription the resolved destinations and the delivery outcomes."""
+        out: dict[str, Any] = {}
+        for (ns, name), channel in sorted(self.manifests.channels.items()):
+            counters = self.channel_stats[(ns, name)]
+            template = channel.template or (DEFAULT_CHANNEL_TEMPLATE if channel.kind == "Channel" else None)
+            out[f"{ns}/{name}"] = {
+                "kind": channel.kind,
+                "channelTemplate": template,
+                "address": self.channel_url(ns, name),
+                "lab_address": lab_address(channel),
+                "accepted": counters.accepted,
+                "dropped": counters.dropped,
+                "refused": dict(counters.refused),
+                "subscriptions": {r.key.split("/", 1)[1]: {**r.physical(), "outcomes": dict(counters.outcomes.get(r.key, {}))}
+                                  for r in self._channel_routes[(ns, name)]},
+            }
+        return out
 
 
 def _stamped_ttl(event: Event) -> int:

@@ -61,7 +61,7 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> Event:
     ctype = h.get("content-type", "")
     media = ctype.split(";", 1)[0].strip().lower()
     if media.startswith(BATCH):
-        raise EventError("batched CloudEvents are not accepted by a Broker")
+        raise EventError("batched CloudEvents are not accepted by a Broker or a Channel")
     if media.startswith("application/cloudevents"):
         if media != STRUCTURED:
             raise EventError(f"unsupported event format {media!r}")

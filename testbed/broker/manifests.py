@@ -1,11 +1,15 @@
-"""Broker, Trigger and Knative Service objects from the same YAML files that kind applies.
+"""Broker, Trigger, Channel, Subscription and Knative Service objects from the same YAML
+files that kind applies.
 
 `load_manifests(DIR)` reads every *.yaml / *.yml under DIR (multi-document files too),
-keeps eventing.knative.dev/v1 Broker and Trigger and serving.knative.dev/v1 Service,
-skips other kinds (Namespace, ConfigMap, ...), and checks what Knative's admission
-webhook checks (broker and subscriber present, one dialect per `filters` entry,
-attribute names, CESQL that parses, delivery fields, ISO-8601 durations). Errors name
-the file and the object: `triggers.yaml: Trigger mec/buy: filters[1] has two dialects`.
+keeps eventing.knative.dev/v1 Broker and Trigger, messaging.knative.dev/v1 Channel,
+InMemoryChannel and Subscription, and serving.knative.dev/v1 Service, skips other kinds
+(Namespace, ConfigMap, ...), and checks what Knative's admission webhooks check (broker
+and subscriber present, one dialect per `filters` entry, attribute names, CESQL that
+parses, delivery fields, ISO-8601 durations; a Subscription's channel in its own
+namespace and at least one of subscriber and reply; a Channel's template with kind and
+apiVersion and no user-written spec.subscribers). Errors name the file and the object:
+`triggers.yaml: Trigger mec/buy: filters[1] has two dialects`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ from testbed.broker.cesql import CesqlParseError, compile_expression
 
 EVENTING_V1 = "eventing.knative.dev/v1"
 SERVING_V1 = "serving.knative.dev/v1"
+MESSAGING_V1 = "messaging.knative.dev/v1"
+CHANNEL_KINDS = ("Channel", "InMemoryChannel")
+# what a default install's `default-ch-webhook` ConfigMap (clusterDefault) gives a Channel without one
+DEFAULT_CHANNEL_TEMPLATE = {"apiVersion": MESSAGING_V1, "kind": "InMemoryChannel"}
+_WANTED = ((EVENTING_V1, "Broker"), (EVENTING_V1, "Trigger"), (SERVING_V1, "Service"),
+           (MESSAGING_V1, "Channel"), (MESSAGING_V1, "InMemoryChannel"), (MESSAGING_V1, "Subscription"))
 DEFAULT_NAMESPACE = "default"  # what `kubectl apply` uses when metadata.namespace is absent
 DIALECTS = ("exact", "prefix", "suffix", "all", "any", "not", "cesql")
 # Knative: trigger_validation.go validAttributeName
@@ -122,11 +132,45 @@ class Service:
     origin: str = ""
 
 
+@dataclass(frozen=True)
+class Channel:
+    """A messaging.knative.dev/v1 Channel (or an InMemoryChannel written directly)."""
+
+    namespace: str
+    name: str
+    kind: str                                 # Channel | InMemoryChannel
+    delivery: DeliverySpec | None             # the default of its Subscriptions that have none
+    template: dict[str, Any] | None = None    # spec.channelTemplate as written (Channel only)
+    origin: str = ""
+
+    @property
+    def backing_kind(self) -> str:
+        """The kind of the channel that carries the events: a Channel's template (the cluster
+        default when it names none), or the InMemoryChannel itself."""
+        if self.kind != "Channel":
+            return self.kind
+        return str((self.template or DEFAULT_CHANNEL_TEMPLATE).get("kind"))
+
+
+@dataclass(frozen=True)
+class Subscription:
+    namespace: str
+    name: str
+    channel: str                              # a Channel in the same namespace
+    channel_kind: str                         # the kind spec.channel names
+    subscriber: Destination | None            # at least one of subscriber and reply
+    reply: Destination | None
+    delivery: DeliverySpec | None = None
+    origin: str = ""
+
+
 @dataclass
 class Manifests:
     brokers: dict[tuple[str, str], Broker] = field(default_factory=dict)
     triggers: list[Trigger] = field(default_factory=list)
     services: dict[tuple[str, str], Service] = field(default_factory=dict)
+    channels: dict[tuple[str, str], Channel] = field(default_factory=dict)
+    subscriptions: list[Subscription] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "file: Kind name" of objects not used here
 
 
@@ -168,8 +212,7 @@ def _add(out: Manifests, doc: dict[str, Any], where: str) -> None:
         raise ManifestError(f"{where}: metadata must be a mapping")
     name = meta.get("name")
     ns = meta.get("namespace") or DEFAULT_NAMESPACE
-    wanted = (api, kind) in ((EVENTING_V1, "Broker"), (EVENTING_V1, "Trigger"), (SERVING_V1, "Service"))
-    if not wanted:
+    if (api, kind) not in _WANTED:
         out.skipped.append(f"{where}: {kind} {name}")
         return
     if not isinstance(name, str) or not name:
@@ -184,6 +227,14 @@ def _add(out: Manifests, doc: dict[str, Any], where: str) -> None:
         out.brokers[(ns, name)] = Broker(ns, name, _delivery(spec.get("delivery"), who, ns), where)
     elif kind == "Trigger":
         out.triggers.append(_trigger(spec, ns, name, who, where))
+    elif kind in CHANNEL_KINDS:
+        if (ns, name) in out.channels:
+            raise ManifestError(f"{who}: defined twice (a Channel and an InMemoryChannel share one address)")
+        out.channels[(ns, name)] = _channel(spec, str(kind), ns, name, who, where)
+    elif kind == "Subscription":
+        if any((s.namespace, s.name) == (ns, name) for s in out.subscriptions):
+            raise ManifestError(f"{who}: defined twice")
+        out.subscriptions.append(_subscription(spec, ns, name, who, where))
     else:
         if (ns, name) in out.services:
             raise ManifestError(f"{who}: defined twice")
@@ -216,6 +267,54 @@ def _trigger(spec: dict[str, Any], ns: str, name: str, who: str, where: str) -> 
         for i, entry in enumerate(filters):
             check_filter(entry, f"{who}: spec.filters[{i}]")
     return Trigger(ns, name, broker, subscriber, attrs, filters or None, _delivery(spec.get("delivery"), who, ns), where)
+
+
+def _channel(spec: dict[str, Any], kind: str, ns: str, name: str, who: str, where: str) -> Channel:
+    """What channel_validation.go checks: a template with kind and apiVersion (the defaulter fills
+    it when absent), no spec.subscribers written by a user (the Subscription controller owns them)."""
+    if spec.get("subscribers"):
+        raise ManifestError(f"{who}: spec.subscribers is managed by Knative from the Subscriptions; "
+                            "write Subscription objects instead")
+    template = spec.get("channelTemplate")
+    if template is not None:
+        if kind != "Channel":
+            raise ManifestError(f"{who}: spec.channelTemplate is a field of Channel, not of {kind}")
+        if not isinstance(template, dict):
+            raise ManifestError(f"{who}: spec.channelTemplate must be a mapping")
+        for key in ("apiVersion", "kind"):
+            if not isinstance(template.get(key), str) or not template[key]:
+                raise ManifestError(f"{who}: missing field spec.channelTemplate.{key}")
+    return Channel(ns, name, kind, _delivery(spec.get("delivery"), who, ns), template, where)
+
+
+def _subscription(spec: dict[str, Any], ns: str, name: str, who: str, where: str) -> Subscription:
+    """What subscription_validation.go checks: a channel (always), at least one of subscriber and
+    reply; the specs add that the channel is in the Subscription's own namespace."""
+    ref = spec.get("channel")
+    if not isinstance(ref, dict) or not ref:
+        raise ManifestError(f"{who}: missing field spec.channel (the Subscription must reference a channel)")
+    for key in ("apiVersion", "kind", "name"):
+        if not isinstance(ref.get(key), str) or not ref[key]:
+            raise ManifestError(f"{who}: missing field spec.channel.{key}")
+    if ref["apiVersion"] != MESSAGING_V1 or ref["kind"] not in CHANNEL_KINDS:
+        raise ManifestError(f"{who}: spec.channel: {ref['apiVersion']} {ref['kind']} is not a channel served "
+                            f"locally ({MESSAGING_V1} {' or '.join(CHANNEL_KINDS)})")
+    if ref.get("namespace") not in (None, "", ns):
+        raise ManifestError(f"{who}: spec.channel.namespace: a Subscription's channel must be in its own "
+                            f"namespace ({ns})")
+    subscriber = _optional_destination(spec.get("subscriber"), f"{who}: spec.subscriber", ns)
+    reply = _optional_destination(spec.get("reply"), f"{who}: spec.reply", ns)
+    if subscriber is None and reply is None:
+        raise ManifestError(f"{who}: expected at least one of spec.subscriber, spec.reply")
+    return Subscription(ns, name, ref["name"], ref["kind"], subscriber, reply,
+                        _delivery(spec.get("delivery"), who, ns), where)
+
+
+def _optional_destination(raw: Any, who: str, ns: str) -> Destination | None:
+    # Knative's isDestinationNilOrEmpty: an empty mapping is no destination
+    if raw is None or raw == {}:
+        return None
+    return _destination(raw, who, ns)
 
 
 def check_filter(entry: Any, who: str) -> None:
@@ -355,6 +454,50 @@ def _check_references(m: Manifests) -> None:
     for b in m.brokers.values():
         if b.delivery and b.delivery.dead_letter_sink:
             check_ref(m, b.delivery.dead_letter_sink, f"{b.origin}: Broker {b.namespace}/{b.name}: spec.delivery.deadLetterSink")
+    _check_channel_references(m)
+
+
+def _check_channel_references(m: Manifests) -> None:
+    """Subscriptions name a Channel of the manifests; their destinations and the Channels' dead-letter
+    sinks resolve locally."""
+    for c in m.channels.values():
+        if c.delivery and c.delivery.dead_letter_sink:
+            check_addressable(m, c.delivery.dead_letter_sink,
+                              f"{c.origin}: {c.kind} {c.namespace}/{c.name}: spec.delivery.deadLetterSink")
+    for s in m.subscriptions:
+        who = f"{s.origin}: Subscription {s.namespace}/{s.name}"
+        channel = m.channels.get((s.namespace, s.channel))
+        if channel is None or s.channel_kind not in (channel.kind, channel.backing_kind):
+            raise ManifestError(f"{who}: spec.channel: {s.channel_kind} {s.namespace}/{s.channel} is not defined "
+                                "in the manifests")
+        for label, dest in subscription_destinations(s):
+            check_addressable(m, dest, f"{who}: {label}")
+
+
+def subscription_destinations(s: Subscription) -> list[tuple[str, Destination]]:
+    """(field, destination) of every destination a Subscription names."""
+    dests = [("spec.subscriber", s.subscriber), ("spec.reply", s.reply),
+             ("spec.delivery.deadLetterSink", s.delivery.dead_letter_sink if s.delivery else None)]
+    return [(label, d) for label, d in dests if d is not None]
+
+
+def check_addressable(m: Manifests, dest: Destination, who: str) -> None:
+    """A destination of a Subscription or a Channel: a uri, a Knative Service, or the address of a
+    Broker or a Channel served by this broker (all in the manifests)."""
+    ref = dest.ref
+    if ref is None or ref.kind == "Service":
+        check_ref(m, dest, who)
+        return
+    api = EVENTING_V1 if ref.kind == "Broker" else MESSAGING_V1
+    objects: set[tuple[str, str]] = set(m.brokers if ref.kind == "Broker" else m.channels)
+    if (ref.kind != "Broker" and ref.kind not in CHANNEL_KINDS) or (ref.api_version and ref.api_version != api):
+        raise ManifestError(f"{who}.ref: {ref.api_version or '?'} {ref.kind} cannot be resolved locally "
+                            f"(only {SERVING_V1} Service, {EVENTING_V1} Broker, {MESSAGING_V1} Channel or "
+                            "InMemoryChannel, or a uri)")
+    if (ref.namespace, ref.name) not in objects:
+        raise ManifestError(f"{who}.ref: {ref.kind} {ref.namespace}/{ref.name} is not defined in the manifests")
+    if dest.uri:
+        raise ManifestError(f"{who}.uri: a path relative to a {ref.kind}'s address is not served locally")
 
 
 def check_ref(m: Manifests, dest: Destination, who: str) -> None:

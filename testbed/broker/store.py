@@ -2,10 +2,17 @@
 
 The ingress answers 202 only after the transaction holding the event is committed
 (`AsyncEventStore.append` returned). Next to each event the store keeps one row per
-Trigger whose filter matched at ingest time, with that delivery's state (pending,
-delivered, dead-lettered, failed), its tries and the last status; on start the broker
-delivers every pending row again (at least once: a kill between the subscriber's answer
-and the row's update means a duplicate, never a loss).
+Trigger whose filter matched at ingest time (or per Subscription of the Channel the event
+was posted to), with that delivery's state (pending, delivered, dead-lettered, failed),
+its tries and the last status; on start the broker delivers every pending row again (at
+least once: a kill between the subscriber's answer and the row's update means a
+duplicate, never a loss).
+
+Names: an event's `broker` column is the address path it came in at without the leading
+slash, `<ns>/<broker>` for a Broker, `channels/<ns>/<channel>` for a Channel; a delivery's
+`trigger_name` is `<ns>/<trigger>` or `subscriptions/<ns>/<subscription>`. Kubernetes
+names hold no slash, so the two never collide (and the columns kept their first names:
+stores written before Channels existed open unchanged).
 
 Ingest commits are group commits: the appends of every request that arrived while the
 previous transaction was on the disk share the next one. With durability "full" those
@@ -39,6 +46,8 @@ from testbed.broker.events import Event
 log = logging.getLogger("testbed.broker")
 
 STORE_FILE = "broker.db"        # in the state dir; namespaces (DNS labels) cannot contain a dot
+CHANNEL_PREFIX = "channels/"    # events.broker of an event posted to a Channel
+SUBSCRIPTION_PREFIX = "subscriptions/"  # deliveries.trigger_name of a Subscription's delivery
 DURABILITY = ("full", "normal")
 DEFAULT_RETAIN = 10_000         # finished events kept (for GET /_local/events)
 PRUNE_INTERVAL = 5.0            # seconds between prunes
@@ -53,7 +62,7 @@ STATES = (PENDING, DELIVERED, DEAD_LETTERED, FAILED)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
   seq INTEGER PRIMARY KEY,        -- ingest order (what GET /_local/events?since= counts)
-  broker TEXT NOT NULL,           -- namespace/name
+  broker TEXT NOT NULL,           -- namespace/name of a Broker, or channels/namespace/name
   attrs TEXT NOT NULL,            -- JSON object: every attribute as the ingress stamped it
   data BLOB,                      -- the data bytes as received (NULL: no data)
   json_data INTEGER NOT NULL,     -- 1: structured-mode JSON data without datacontenttype
@@ -61,7 +70,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE TABLE IF NOT EXISTS deliveries (
   seq INTEGER NOT NULL,           -- events.seq
-  trigger_name TEXT NOT NULL,     -- namespace/name of a Trigger whose filter matched at ingest
+  trigger_name TEXT NOT NULL,     -- namespace/name of a Trigger whose filter matched at ingest,
+                                  -- or subscriptions/namespace/name of a Subscription of the Channel
   state TEXT NOT NULL,            -- pending | delivered | dead-lettered | failed
   attempts INTEGER NOT NULL,      -- tries at the subscriber, over every run of the broker
   last_status INTEGER,            -- HTTP status of the last try (-1: no answer; NULL: not tried)
@@ -113,6 +123,13 @@ def _event_row(a: Accepted, now: float) -> tuple[Any, ...]:
 
 def _data_text(data: bytes | None) -> str | None:
     return None if data is None else bytes(data[:DATA_TEXT_MAX]).decode("utf-8", "replace")
+
+
+def _address(column: str) -> dict[str, str]:
+    """Where an event came in, as GET /_local/events names it: {"broker": ns/name} or {"channel": ns/name}."""
+    if column.startswith(CHANNEL_PREFIX):
+        return {"channel": column[len(CHANNEL_PREFIX):]}
+    return {"broker": column}
 
 
 class EventStore:
@@ -240,9 +257,12 @@ class EventStore:
         return self._reader
 
     def events_since(self, seq: int) -> list[dict[str, Any]]:
-        """Accepted events after `seq`, oldest first, as GET /_local/events shows them."""
-        cur = self._read().execute("SELECT seq, broker, attrs, data FROM events WHERE seq > ? ORDER BY seq", (seq,))
-        return [{"seq": s, "broker": b, "attributes": json.loads(a), "data": _data_text(d)} for s, b, a, d in cur]
+        """Accepted events after `seq`, oldest first, as GET /_local/events shows them (`accepted`: the
+        unix time of the commit; an event posted to a Channel carries no knativearrivaltime)."""
+        cur = self._read().execute(
+            "SELECT seq, broker, attrs, data, accepted FROM events WHERE seq > ? ORDER BY seq", (seq,))
+        return [{"seq": s, **_address(b), "attributes": json.loads(a), "data": _data_text(d), "accepted": t}
+                for s, b, a, d, t in cur]
 
     def counts(self) -> dict[str, int]:
         """Deliveries by state, and the number of events kept."""

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from testbed.lab import doctor, plan, render
+from testbed.lab import ingress as ING
 from testbed.lab import layout as L
 from testbed.lab.runner import run_plan
 from testbed.lab.subscribers import Subscriber, SubscriberError, dump, generate, load
@@ -26,6 +27,12 @@ def _positive(text: str) -> int:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0: {v}")
     return v
+
+
+def _add_ingress(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ingress", choices=list(ING.INGRESSES), default=ING.DEFAULT.name,
+                   help=f"Knative Serving's ingress {what} (default {ING.DEFAULT.name}, the lighter; istio is the "
+                        "paper's: Istio ingress gateway + net-istio)")
 
 
 def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -45,9 +52,11 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                                      "disk and memory. Exits 1 when the lab cannot work here.")
     doc.add_argument("--skip-k8s", action="store_true", help="only what the Compose lab needs")
     doc.add_argument("--skip-compose", action="store_true", help="only what kind + Knative need")
+    _add_ingress(doc, "to check for (Istio needs more memory)")
 
     up = sub.add_parser("up", help="check the host (as `doctor`), create everything, wait until ready",
-                        description="Create the kind cluster, install Knative, deploy the Broker, Triggers, "
+                        description="Create the kind cluster, install Knative (ingress: Kourier, or Istio with "
+                                    "--ingress istio), deploy the Broker, Triggers, "
                                     "functions and detector, then bring up the Compose lab with the tap and "
                                     "wait for every UE's PDU session.")
     up.add_argument("--dry-run", action="store_true", help="print every command instead of running it")
@@ -55,6 +64,7 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     up.add_argument("--skip-compose", action="store_true", help="only kind + Knative + detector")
     up.add_argument("--timeout", type=_positive, default=300, metavar="S",
                     help="seconds to wait for each readiness check (default 300)")
+    _add_ingress(up, "to install; one per cluster")
 
     down = sub.add_parser("down", help="remove the Compose lab and the kind cluster",
                           description="Stop and remove the Compose lab (volumes included) and delete the kind cluster.")
@@ -64,6 +74,7 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     status = sub.add_parser("status", help="show the Compose services and the Knative objects",
                             description="Show Compose services, kind nodes, Broker/Triggers/Services and the detector.")
     status.add_argument("--dry-run", action="store_true", help="print every command instead of running it")
+    _add_ingress(status, "whose gateway to show")
 
     smoke = sub.add_parser("smoke", help="a UE clicks in the main application; a function must log it",
                            description="End to end: a UE resolves and POSTs to the main application through its "
@@ -99,8 +110,9 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def _prereqs(command: str, *, k8s: bool, compose: bool, dry_run: bool, kind_min: str) -> bool:
-    checks = doctor.checks_for(command, k8s=k8s, compose=compose, kind_min=kind_min)
+def _prereqs(command: str, *, k8s: bool, compose: bool, dry_run: bool, kind_min: str,
+             ingress: ING.Ingress = ING.DEFAULT) -> bool:
+    checks = doctor.checks_for(command, k8s=k8s, compose=compose, kind_min=kind_min, ingress=ingress)
     if dry_run:
         for c in checks:
             state = {"ok": "ok", "warn": "warn", "fail": "MISSING"}[c.level]
@@ -118,7 +130,8 @@ def _prereqs(command: str, *, k8s: bool, compose: bool, dry_run: bool, kind_min:
 def _doctor(args: argparse.Namespace, kind_min: str) -> int:
     if args.skip_k8s and args.skip_compose:
         return _fail("--skip-k8s and --skip-compose leave nothing to check")
-    checks = doctor.checks_for("doctor", k8s=not args.skip_k8s, compose=not args.skip_compose, kind_min=kind_min)
+    checks = doctor.checks_for("doctor", k8s=not args.skip_k8s, compose=not args.skip_compose, kind_min=kind_min,
+                               ingress=ING.get(args.ingress))
     for c in checks:
         print(c.line())
     bad = sum(not c.ok for c in checks)
@@ -217,9 +230,11 @@ def run_lab(args: argparse.Namespace) -> int:
         if stale:
             return _fail(f"compose files disagree with testbed/constants.py or compose/subscribers.yaml "
                          f"({stale[0]}{' …' if len(stale) > 1 else ''}): run `testbed lab render`")
-        if not _prereqs("up", k8s=k8s, compose=compose, dry_run=dry, kind_min=versions["KIND_MIN_VERSION"]):
+        ingress = ING.get(args.ingress)
+        if not _prereqs("up", k8s=k8s, compose=compose, dry_run=dry, kind_min=versions["KIND_MIN_VERSION"],
+                        ingress=ingress):
             return 2
-        steps = plan.up_plan(versions, subs, k8s=k8s, compose=compose, timeout=args.timeout)
+        steps = plan.up_plan(versions, subs, k8s=k8s, compose=compose, timeout=args.timeout, ingress=ingress)
     elif cmd == "down":
         if not _prereqs("down", k8s=not args.keep_cluster, compose=True, dry_run=dry,
                         kind_min=versions["KIND_MIN_VERSION"]):
@@ -228,7 +243,7 @@ def run_lab(args: argparse.Namespace) -> int:
     elif cmd == "status":
         if not _prereqs("status", k8s=False, compose=True, dry_run=dry, kind_min=versions["KIND_MIN_VERSION"]):
             return 2
-        steps = plan.status_plan()
+        steps = plan.status_plan(ING.get(args.ingress))
     elif cmd == "smoke":
         if args.ue > len(subs):
             return _fail(f"--ue {args.ue}: the lab has {len(subs)} UE(s) (compose/subscribers.yaml)")
@@ -239,11 +254,11 @@ def run_lab(args: argparse.Namespace) -> int:
         return _fail(f"unknown command {cmd!r}")
     rc = run_plan(steps, dry_run=dry)
     if rc == 0 and not dry and cmd == "up":
-        print(summary(subs, k8s=not args.skip_k8s))
+        print(summary(subs, k8s=not args.skip_k8s, ingress=ING.get(args.ingress)))
     return rc
 
 
-def summary(subs: list[Subscriber], *, k8s: bool) -> str:
+def summary(subs: list[Subscriber], *, k8s: bool, ingress: ING.Ingress = ING.DEFAULT) -> str:
     lines = [
         "lab is up:",
         f"  Open5GS WebUI      http://127.0.0.1:{L.WEBUI_PORT} (admin / 1423)",
@@ -255,7 +270,8 @@ def summary(subs: list[Subscriber], *, k8s: bool) -> str:
         lines += [
             f"  Broker ingress     http://127.0.0.1:{L.BROKER_HOSTPORT}/{L.NAMESPACE}/{L.BROKER}",
             f"  detector ingest    http://127.0.0.1:{L.DETECTOR_HOSTPORT}/v1/events",
-            f"  Knative Services   http://<name>.{L.NAMESPACE}.127.0.0.1.sslip.io:{L.KOURIER_HOSTPORT}",
+            f"  Knative Services   http://<name>.{L.NAMESPACE}.127.0.0.1.sslip.io:{L.INGRESS_HOSTPORT} "
+            f"(through {ingress.title})",
         ]
     return "\n".join(lines)
 

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from testbed import constants as C
+from testbed.lab import ingress as ING
 from testbed.lab import layout as L
+from testbed.lab.ingress import Ingress
 from testbed.lab.versions import version_tuple
 
 DOCKER_MIN = (24, 0, 0)
@@ -358,8 +360,8 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def lab_host_ports() -> dict[int, str]:
-    return {L.KOURIER_HOSTPORT: "Kourier (kind)", L.BROKER_HOSTPORT: "Broker ingress (kind)",
+def lab_host_ports(ingress: Ingress = ING.DEFAULT) -> dict[int, str]:
+    return {L.INGRESS_HOSTPORT: f"{ingress.title} (kind)", L.BROKER_HOSTPORT: "Broker ingress (kind)",
             L.DETECTOR_HOSTPORT: "detector ingest (kind)", L.WEBUI_PORT: "Open5GS WebUI"}
 
 
@@ -419,7 +421,8 @@ def check_disk(h: Host) -> Check:
     return Check("disk", "ok", f"{free:.0f} GB free on {path}")
 
 
-def check_memory(h: Host) -> Check:
+def check_memory(h: Host, ingress: Ingress = ING.DEFAULT) -> Check:
+    """Docker's memory and CPUs against what the lab needs, more with a heavier ingress (Istio)."""
     info = h.docker_info()
     total = float(info.get("MemTotal") or 0) / 2**30     # Docker's view: the VM's on Docker Desktop
     if not total:
@@ -430,17 +433,21 @@ def check_memory(h: Host) -> Check:
         except (OSError, StopIteration, ValueError, IndexError):
             return Check("memory", "warn", "unknown")
     cpus = int(info.get("NCPU") or os.cpu_count() or 1)
+    need, comfortable = MEM_MIN_GB + ingress.extra_memory_gib, MEM_WARN_GB + ingress.extra_memory_gib
+    cpu_warn = CPU_WARN + ingress.extra_cpus
     text = f"{total:.1f} GiB, {cpus} CPUs"
-    if total < MEM_MIN_GB:
-        return Check("memory", "fail", text, f"give Docker at least {MEM_MIN_GB:.0f} GiB")
-    if total < MEM_WARN_GB or cpus < CPU_WARN:
-        return Check("memory", "warn", text, f"{MEM_WARN_GB:.0f} GiB and {CPU_WARN} CPUs are comfortable")
+    with_what = f" with {ingress.title}" if ingress.extra_memory_gib or ingress.extra_cpus else ""
+    if total < need:
+        return Check("memory", "fail", text, f"give Docker at least {need:g} GiB{with_what}")
+    if total < comfortable or cpus < cpu_warn:
+        return Check("memory", "warn", text, f"{comfortable:g} GiB and {cpu_warn} CPUs are comfortable{with_what}")
     return Check("memory", "ok", text)
 
 
 # ------------------------------------------------------------------ which checks a command runs
 
-def checks_for(command: str, *, k8s: bool, compose: bool, kind_min: str, host: Host | None = None) -> list[Check]:
+def checks_for(command: str, *, k8s: bool, compose: bool, kind_min: str, host: Host | None = None,
+               ingress: Ingress = ING.DEFAULT) -> list[Check]:
     """The checks a command needs; ``k8s``/``compose`` say which halves of the lab it touches."""
     h = host or Host()
     out: list[Check] = []
@@ -459,9 +466,9 @@ def checks_for(command: str, *, k8s: bool, compose: bool, kind_min: str, host: H
         out += [check_kind(h, kind_min), check_kubectl(h)]
     if compose:
         out += [check_sctp(h), check_tun(h), check_avx(h)]
-    out += [check_ip_forward(h), check_networks(h), check_ports(h)]
+    out += [check_ip_forward(h), check_networks(h), check_ports(h, lab_host_ports(ingress))]
     if k8s:
         out.append(check_inotify(h))
-    out += [check_disk(h), check_memory(h)]
+    out += [check_disk(h), check_memory(h, ingress if k8s else ING.DEFAULT)]
     return out
 

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testbed.lab import ingress as ING
 from testbed.lab import layout as L
+from testbed.lab.ingress import Ingress
 from testbed.lab.subscribers import Subscriber
 from testbed.lab.versions import release_manifests
 
@@ -139,8 +141,8 @@ def ues_healthy(ps_json: str, subs: list[Subscriber]) -> bool:
 
 
 def up_plan(versions: dict[str, str], subs: list[Subscriber], *, k8s: bool = True,
-            compose: bool = True, timeout: int = 300) -> list[Step]:
-    rel = release_manifests(versions)
+            compose: bool = True, timeout: int = 300, ingress: Ingress = ING.DEFAULT) -> list[Step]:
+    rel = release_manifests(versions, ingress.name)
     t = f"--timeout={timeout}s"
     steps: list[Step] = []
     if k8s:
@@ -149,28 +151,27 @@ def up_plan(versions: dict[str, str], subs: list[Subscriber], *, k8s: bool = Tru
         steps.append(Step(f"kind cluster {L.CLUSTER} (Kubernetes v1.34)",
                           ["kind", "create", "cluster", "--config", _rel(L.KIND_CONFIG), "--wait", f"{timeout}s"],
                           skip_if=_cluster_exists, skip_note="cluster exists"))
+        if ingress is not ING.KOURIER:
+            # clusters made before --ingress existed run Kourier: stop before installing a second
+            # ingress into one (Kourier's own plan is left as it was)
+            steps.append(ingress_guard_step(ingress))
         steps += [
             Step("Knative Serving CRDs", kubectl("apply", "-f", rel["serving-crds"])),
             Step("Serving CRDs established", kubectl("wait", "--for=condition=Established", "crd",
                                                      "-l", "knative.dev/crd-install=true", t)),
             Step("Knative Serving core", kubectl("apply", "-f", rel["serving-core"])),
-            Step("Kourier", kubectl("apply", "-f", rel["kourier"])),
-            Step("Serving ready", kubectl("wait", "--for=condition=Available", "deployment", "--all",
-                                          "-n", "knative-serving", t)),
-            Step("Kourier ready", kubectl("wait", "--for=condition=Available", "deployment", "--all",
-                                          "-n", "kourier-system", t)),
+            *ingress_install_steps(ingress, rel, t),
+            Step(_SERVING_READY[ingress.name], kubectl("wait", "--for=condition=Available", "deployment", "--all",
+                                                       "-n", "knative-serving", t)),
+            *ingress_ready_steps(ingress, t),
             # ConfigMaps in knative-serving pass the config.webhook.serving.knative.dev validating
             # webhook (failurePolicy: Fail, knative/serving#13665): patch only once Serving is
             # Available, and retry while the webhook's endpoints come up
-            configmap_patch("Serving uses Kourier", "config-network",
-                            {"ingress-class": "kourier.ingress.networking.knative.dev"}),
+            configmap_patch(f"Serving uses {ingress.title}", "config-network",
+                            {"ingress-class": ingress.ingress_class}),
             configmap_patch("Knative Service URLs on 127.0.0.1.sslip.io", "config-domain",
                             {"127.0.0.1.sslip.io": ""}),
-            Step(f"Kourier on NodePort {L.KOURIER_NODEPORT}", kubectl(
-                "patch", "service/kourier", "-n", "kourier-system",
-                "-p", json.dumps({"spec": {"type": "NodePort",
-                                           "ports": [{"port": 80, "nodePort": L.KOURIER_NODEPORT}]}},
-                                 separators=(",", ":")))),
+            gateway_nodeport_step(ingress),
             Step("Knative Eventing CRDs", kubectl("apply", "-f", rel["eventing-crds"])),
             Step("Eventing CRDs established", kubectl("wait", "--for=condition=Established", "crd",
                                                       "-l", "knative.dev/crd-install=true", t)),
@@ -244,6 +245,71 @@ def configmap_patch(title: str, name: str, data: dict[str, str], retry_s: float 
                                "-p", json.dumps({"data": data}, separators=(",", ":"))), poll=retry_s)
 
 
+# net-istio's controller and webhook run in knative-serving, so Serving's wait covers them
+_SERVING_READY = {"kourier": "Serving ready", "istio": "Serving and net-istio ready"}
+
+
+def ingress_install_steps(ingress: Ingress, rel: dict[str, str], t: str) -> list[Step]:
+    """Apply the ingress, after serving-core (its objects in knative-serving need the namespace)."""
+    if ingress is ING.KOURIER:
+        return [Step("Kourier", kubectl("apply", "-f", rel["kourier"]))]
+    # Istio first, with its CRDs Established and istiod + gateway Available (Knative's documented
+    # order), then net-istio, whose Gateways and PeerAuthentications are Istio custom resources. One
+    # apply of the Istio manifest: it holds no Istio custom resources, and its CRDs do not carry
+    # knative.dev/crd-install, so the documented `kubectl apply -l knative.dev/crd-install=true`
+    # would select nothing and fail ("no objects passed to apply")
+    ns = ingress.gateway_namespace
+    return [
+        Step("Istio (CRDs, istiod, ingress gateway)", kubectl("apply", "-f", rel["istio"])),
+        Step("Istio CRDs established", kubectl("wait", "--for=condition=Established", "crd",
+                                               "-l", ING.ISTIO_CRD_SELECTOR, t)),
+        Step("Istio ready", kubectl("wait", "--for=condition=Available", "deployment", "--all", "-n", ns, t)),
+        Step("net-istio (Knative's Istio ingress)", kubectl("apply", "-f", rel["net-istio"])),
+    ]
+
+
+def ingress_ready_steps(ingress: Ingress, t: str) -> list[Step]:
+    """Waits after Serving's: Kourier's gateway (net-istio's deployments are in knative-serving)."""
+    if ingress is ING.KOURIER:
+        return [Step("Kourier ready", kubectl("wait", "--for=condition=Available", "deployment", "--all",
+                                              "-n", ingress.gateway_namespace, t))]
+    return []
+
+
+def gateway_nodeport_step(ingress: Ingress) -> Step:
+    """The gateway's HTTP port on the NodePort kind maps to the host. A strategic merge patch (kubectl's
+    default for Services): ports merge by `port`, so the gateway's other ports stay."""
+    port = {"port": ingress.gateway_http_port, "nodePort": L.INGRESS_NODEPORT}
+    body = {"spec": {"type": "NodePort", "ports": [port]}}
+    return Step(f"{ingress.title} on NodePort {L.INGRESS_NODEPORT}", kubectl(
+        "patch", f"service/{ingress.gateway_service}", "-n", ingress.gateway_namespace,
+        "-p", json.dumps(body, separators=(",", ":"))))
+
+
+def _ingress_class_argv() -> list[str]:
+    return kubectl("get", "configmap/config-network", "-n", "knative-serving",
+                   "-o", 'jsonpath={.data.ingress-class}{"\\n"}')
+
+
+def ingress_guard_step(ingress: Ingress) -> Step:
+    """Stop before installing anything when the cluster already runs another Knative ingress."""
+    import subprocess
+
+    def check() -> None:
+        argv = _ingress_class_argv()
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            if "NotFound" in p.stderr:          # a new cluster: no Serving yet
+                return
+            raise StepError(f"{shlex.join(argv[:4])}: {(p.stderr or p.stdout).strip() or f'exit {p.returncode}'}")
+        why = ING.conflict(p.stdout, ingress)
+        if why:
+            raise StepError(why)
+
+    return Step(f"the cluster runs no other Knative ingress than {ingress.title}", action=check,
+                show=f"{shlex.join(_ingress_class_argv())}   # empty or {ingress.ingress_class}")
+
+
 def kind_load_step(title: str, image: str) -> Step:
     from testbed.lab import kindload
 
@@ -305,10 +371,13 @@ def down_plan(*, keep_cluster: bool = False) -> list[Step]:
     return steps
 
 
-def status_plan() -> list[Step]:
+def status_plan(ingress: Ingress = ING.DEFAULT) -> list[Step]:
     return [
         Step("Compose services", [*compose_cmd(with_tap=False), "ps", "--all"], may_fail=True),
         Step("kind nodes", kubectl("get", "nodes", "-o", "wide"), may_fail=True),
+        Step("Knative ingress class (config-network)", _ingress_class_argv(), may_fail=True),
+        Step(f"{ingress.title} gateway", kubectl("get", "deployment,service", "-n", ingress.gateway_namespace),
+             may_fail=True),
         Step("Knative objects", kubectl("get", "broker,trigger,ksvc,sinkbinding", "-n", L.NAMESPACE),
              may_fail=True),
         Step("detector", kubectl("get", "deployment,service,pod", "-l", "app=detector", "-n", L.NAMESPACE),

@@ -1,4 +1,4 @@
-"""Pinned kind/Knative versions and release URLs, read from k8s/install/versions.env (their one place)."""
+"""Pinned kind/Knative/Istio versions and release URLs, read from k8s/install/versions.env (their one place)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ REQUIRED = (
     "KIND_MIN_VERSION", "KIND_NODE_IMAGE",
     "KNATIVE_SERVING_VERSION", "KNATIVE_KOURIER_VERSION", "KNATIVE_EVENTING_VERSION",
     "SERVING_RELEASE", "KOURIER_RELEASE", "EVENTING_RELEASE",
+    "KNATIVE_NET_ISTIO_VERSION", "ISTIO_VERSION", "NET_ISTIO_RELEASE", "ISTIO_MANIFEST",
 )
 
 
@@ -49,17 +50,26 @@ def read_versions(path: Path = VERSIONS_ENV) -> dict[str, str]:
     return values
 
 
-def release_manifests(v: dict[str, str]) -> dict[str, str]:
-    """Every release YAML the lab applies, by short name, in install order."""
+def release_manifests(v: dict[str, str], ingress: str = "kourier") -> dict[str, str]:
+    """Every release YAML the lab applies with this ingress, by short name, in install order."""
     return {
         "serving-crds": f"{v['SERVING_RELEASE']}/serving-crds.yaml",
         "serving-core": f"{v['SERVING_RELEASE']}/serving-core.yaml",
-        "kourier": f"{v['KOURIER_RELEASE']}/kourier.yaml",
+        **ingress_manifests(v, ingress),
         "eventing-crds": f"{v['EVENTING_RELEASE']}/eventing-crds.yaml",
         "eventing-core": f"{v['EVENTING_RELEASE']}/eventing-core.yaml",
         "in-memory-channel": f"{v['EVENTING_RELEASE']}/in-memory-channel.yaml",
         "mt-channel-broker": f"{v['EVENTING_RELEASE']}/mt-channel-broker.yaml",
     }
+
+
+def ingress_manifests(v: dict[str, str], ingress: str) -> dict[str, str]:
+    """The YAMLs of one Knative ingress (testbed.lab.ingress), in install order."""
+    if ingress == "kourier":
+        return {"kourier": f"{v['KOURIER_RELEASE']}/kourier.yaml"}
+    if ingress == "istio":
+        return {"istio": v["ISTIO_MANIFEST"], "net-istio": f"{v['NET_ISTIO_RELEASE']}/net-istio.yaml"}
+    raise VersionsError(f"no manifests for ingress {ingress!r}")
 
 
 def version_tuple(text: str) -> tuple[int, ...]:

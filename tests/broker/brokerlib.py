@@ -279,6 +279,38 @@ def write_manifests(directory: Path, text: str, name: str = "manifests.yaml") ->
     return directory
 
 
+def assert_manifest_error(directory: Path, text: str, message: str) -> None:
+    """Loading ``text`` (as bad.yaml) fails with ``message``, and the error names the file first."""
+    from testbed.broker.manifests import ManifestError, load_manifests
+
+    write_manifests(directory, text, "bad.yaml")
+    try:
+        load_manifests(directory)
+    except ManifestError as exc:
+        assert message in str(exc)
+        assert str(exc).startswith("bad.yaml")
+    else:
+        raise AssertionError(f"no ManifestError for: {text[:80]!r}")
+
+
+def broker_with_trigger(trigger: str, event_type: str, uri: str) -> str:
+    """The Broker mec/default and one Trigger of ``event_type`` to ``uri``, as manifest text."""
+    return f"""\
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default, namespace: mec}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: {trigger}, namespace: mec}}
+spec:
+  broker: default
+  filters: [{{exact: {{type: {event_type}}}}}]
+  subscriber: {{uri: "{uri}"}}
+---
+"""
+
+
 async def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> None:
     """Wait for a state change (not a timing assertion: the limit only stops a hung test)."""
     deadline = time.monotonic() + timeout

@@ -11,11 +11,10 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from brokerlib import write_manifests
+from brokerlib import assert_manifest_error, write_manifests
 
 from testbed.broker.manifests import (
     DIALECTS,
-    ManifestError,
     load_manifests,
     parse_go_duration,
     parse_iso_duration,
@@ -28,6 +27,8 @@ CRD_FILES = {
     ("eventing.knative.dev/v1", "Broker"): "eventing-v1.22.2/broker.yaml",
     ("eventing.knative.dev/v1", "Trigger"): "eventing-v1.22.2/trigger.yaml",
     ("serving.knative.dev/v1", "Service"): "serving-v1.22.1/service.yaml",
+    ("messaging.knative.dev/v1", "Channel"): "eventing-v1.22.2/channel.yaml",
+    ("messaging.knative.dev/v1", "Subscription"): "eventing-v1.22.2/subscription.yaml",
 }
 
 
@@ -175,11 +176,7 @@ spec:
     ("- just\n- a list\n", "a manifest must be a mapping"),
 ])
 def test_manifest_errors_are_clear(manifest_dir: Path, text: str, message: str) -> None:
-    write_manifests(manifest_dir, text, "bad.yaml")
-    with pytest.raises(ManifestError) as exc:
-        load_manifests(manifest_dir)
-    assert message in str(exc.value)
-    assert str(exc.value).startswith("bad.yaml")
+    assert_manifest_error(manifest_dir, text, message)
 
 
 def test_other_kinds_are_skipped_and_namespace_defaults(manifest_dir: Path) -> None:

@@ -40,6 +40,31 @@ def test_demo_sim(tmp_path: Path) -> None:
     assert "mecdmo" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 
+@pytest.mark.root
+@pytest.mark.slow
+def test_demo_sim_on_the_channel_path(tmp_path: Path) -> None:
+    """`--eventing channel`: the detector's sink is the Channel; its Subscription runs fn-channel-log."""
+    res, report = _demo(tmp_path, "--mode", "sim", "--ues", "2", "--rounds", "3", "--lab-id", "dmc",
+                        "--eventing", "channel")
+    assert res.returncode == 0, res.stderr[-3000:]
+    meta = report["meta"]
+    assert meta["eventing"] == "channel" and meta["reached_function"] == meta["actions"] == 2 * 3 + 2 * 3
+    assert "channel path" in res.stdout
+    ran = {t["function"] for t in report["traces"]}
+    assert "fn-channel-log" in ran  # delivered by the Subscription, not a Trigger
+    assert report["summary"]["warm"]["detector_to_function"]["n"] > 0
+    # the Trigger path's own functions still ran, behind the Subscription to the Broker
+    invoked = {i["service"] for i in _invocations(tmp_path)}
+    assert {"fn-channel-log", "fn-buy"} <= invoked
+
+
+def _invocations(tmp_path: Path) -> list[dict]:
+    out = []
+    for path in (tmp_path / "report" / "run" / "broker").glob("**/invocations.jsonl"):
+        out += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return out
+
+
 def test_demo_replay(tmp_path: Path) -> None:
     res, report = _demo(tmp_path, "--mode", "replay")
     assert res.returncode == 0, res.stderr[-3000:]

@@ -72,3 +72,15 @@ def test_unknown_action_in_scenario_is_a_clear_error(tmp_path: Path) -> None:
                          capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 2
     assert "actions[0]" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_channel_path_scenario_passes(tmp_path: Path) -> None:
+    """The paper's other event path: the detector's sink is the Channel mec-events; its
+    Subscriptions reach fn-channel-log directly and fn-buy through the Broker."""
+    scn = load_scenario(SCENARIOS / "buy-click-channel.yaml")
+    assert scn.eventing == "channel"
+    with Stack(tmp_path / "run", "sim", ues=scn.ues, lab_id="e2c", eventing="channel") as s:
+        out = run_on_stack(scn, s)
+        log = (tmp_path / "run" / "detector.log").read_text()
+    assert out.ok, "\n".join(f"{n}: {ok} ({d})" for n, ok, d in out.checks)
+    assert "/channels/mec/mec-events" in log  # the detector's sink was the Channel

@@ -153,6 +153,39 @@ def test_crd_check_catches_unknown_fields_and_mixed_filter_dialects(crd_schemas:
     assert checks.knative_errors({**svc, "apiVersion": "serving.knative.dev/v2"}, crd_schemas, "s")
 
 
+def test_channel_and_subscriptions_validate_against_their_crds(crd_schemas: dict) -> None:
+    """k8s/knative/channel.yaml (the Channel + Subscription path) against the pinned Eventing CRDs
+    channel.yaml and subscription.yaml; every Subscription names a Channel of the file."""
+    path = L.K8S_DIR / "knative" / "channel.yaml"
+    docs = [doc for _, doc in checks.yaml_documents(path)]
+    for key in ("Channel", "Subscription"):
+        assert ("messaging.knative.dev/v1", key) in crd_schemas
+    kinds = [d["kind"] for d in docs]
+    assert kinds.count("Channel") >= 1 and kinds.count("Subscription") >= 2
+    for i, doc in enumerate(docs):
+        assert checks.knative_errors(doc, crd_schemas, f"{path.name}#{i}") == []
+    channels = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "Channel"}
+    for sub in (d for d in docs if d["kind"] == "Subscription"):
+        ref = sub["spec"]["channel"]
+        assert (ref["apiVersion"], ref["kind"]) == ("messaging.knative.dev/v1", "Channel")
+        assert (sub["metadata"]["namespace"], ref["name"]) in channels
+        assert "subscriber" in sub["spec"] or "reply" in sub["spec"]
+
+
+def test_crd_check_catches_a_filter_on_a_subscription_and_channel_typos(crd_schemas: dict) -> None:
+    sub = {"apiVersion": "messaging.knative.dev/v1", "kind": "Subscription", "metadata": {"name": "s"},
+           "spec": {"channel": {"apiVersion": "messaging.knative.dev/v1", "kind": "Channel", "name": "c"},
+                    "subscriber": {"uri": "http://x"}, "delivery": {"retry": 1, "timeout": "PT1S"}}}
+    assert checks.knative_errors(sub, crd_schemas, "s") == []
+    sub["spec"]["filter"] = {"attributes": {"type": "mec.app.buy"}}  # a Subscription has no filter
+    assert any("filter" in e for e in checks.knative_errors(sub, crd_schemas, "s"))
+    ch = {"apiVersion": "messaging.knative.dev/v1", "kind": "Channel", "metadata": {"name": "c"},
+          "spec": {"channelTemplate": {"apiVersion": "messaging.knative.dev/v1", "kind": "InMemoryChannel"}}}
+    assert checks.knative_errors(ch, crd_schemas, "c") == []
+    ch["spec"]["chanelTemplate"] = ch["spec"].pop("channelTemplate")
+    assert any("chanelTemplate" in e for e in checks.knative_errors(ch, crd_schemas, "c"))
+
+
 def test_core_check_catches_unknown_fields_and_types() -> None:
     dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
            "spec": {"replica": 1, "template": {"spec": {"containers": [
