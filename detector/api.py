@@ -7,6 +7,7 @@ POST / , /v1/cloudevents   one CloudEvent (binary or structured), relayed to the
 GET  /healthz /readyz /metrics   probes and Prometheus text (no token)
 GET  /v1/sources  /v1/deadletters   (token)
 GET  /openapi.json     the OpenAPI 3.1 description of all of these (detector/openapi.yaml)
+POST/PATCH/DELETE /nupf-ee/v1/ee-subscriptions[/{id}]   Nupf_EventExposure (detector/exposure, token)
 
 The bearer token is checked by one middleware for the routes marked `_token_required`; the app
 runs the detector's life cycle (`cleanup_ctx`: start on startup, stop on cleanup, after the
@@ -26,6 +27,7 @@ import aiohttp
 from aiohttp import web
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
+from detector.exposure import api as exposure_api
 from detector.metrics import CONTENT_TYPE
 from detector.openapi import OPENAPI_PATH, document_bytes
 from detector.service import Batch, Detector, first_line
@@ -293,5 +295,8 @@ def make_app(det: Detector) -> web.Application:
     for path, handler in GETS:
         # no implicit HEAD: the routes are exactly the operations of openapi.yaml (a test checks)
         app.router.add_get(path, handler, allow_head=False)
+    for method, path, handler in exposure_api.ROUTES:      # Nupf_EventExposure (docs/exposure.md)
+        app.router.add_route(method, path, _token_required(handler))
+    exposure_api.install(app, det)
     return app
 

@@ -1,6 +1,7 @@
 """`detector serve`: a Knative event source turning AppEvents into CloudEvents.
 
-Also `detector check-rules FILE` to validate a rules file before deploying it.
+Also `detector check-rules FILE` to validate a rules file before deploying it, and `detector
+eventtypes [--write | --check]` for k8s/knative/eventtypes.yaml (detector/eventtypes.py).
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def run_serve(args: argparse.Namespace) -> int:
 COMMANDS = (
     Command("serve", add_serve_parser, run_serve),
     Command("check-rules", add_check_rules_parser, run_check_rules, error_exit=cli.EXIT_FAILURE),
+    Command("eventtypes", cli.lazy("detector.eventtypes", "add_parser"), cli.lazy("detector.eventtypes", "run"),
+            summary="print the Knative EventTypes of every CloudEvent type (k8s/knative/eventtypes.yaml)"),
 )
 
 

@@ -7,11 +7,18 @@ K_CE_OVERRIDES are applied here. `to_http` encodes one for the outbox (binary or
 `id` is blake2b(AppEvent id, rule) so a redelivery or a replay carries the same id; `time` is
 the capture time; `source` follows the scheme in docs/detector.md:
 /mec/detector/<detector-id>/ue/<supi-or-ip> (or /mec/detector/<detector-id> without a UE).
+
+Every CloudEvent carries the Distributed Tracing extension (`traceparent`, `tracestate` when the
+AppEvent had one): the AppEvent's trace, with the detector's own span (`detector.accept`, one per
+CloudEvent, its id a hash of the parent's and the CloudEvent's id) as the parent; an AppEvent
+without a valid `trace.traceparent` starts a trace here (mec_common/tracing.py). With
+OTEL_EXPORTER_OTLP_ENDPOINT set, those spans are exported.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -21,6 +28,14 @@ from cloudevents.core.bindings.http import to_binary_event, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 
 from detector.templates import render_tree, to_text
+from mec_common.tracing import (
+    DETECTOR_ACCEPT,
+    SpanRecord,
+    TraceContext,
+    detector_context,
+    otlp_from_env,
+    parse_traceparent,
+)
 
 if TYPE_CHECKING:
     from detector.rules import Rule
@@ -98,6 +113,22 @@ def ext_value(v: Any) -> Any:
     return to_text(v)
 
 
+def app_event_trace(ev: dict[str, Any]) -> TraceContext | None:
+    """The AppEvent's `trace` (its `traceparent` and `tracestate`), None when absent or invalid."""
+    trace = ev.get("trace")
+    if not isinstance(trace, dict):
+        return None
+    return parse_traceparent(trace.get("traceparent"), trace.get("tracestate"))
+
+
+def trace_extensions(ctx: TraceContext) -> dict[str, str]:
+    """The Distributed Tracing extension attributes for `ctx`."""
+    ext = {"traceparent": ctx.traceparent()}
+    if ctx.state:
+        ext["tracestate"] = ctx.state
+    return ext
+
+
 def build(*, id: str, source: str, type: str, time: datetime | None, subject: str | None, data: Any,
           extensions: dict[str, Any]) -> CloudEvent:
     attrs: dict[str, Any] = {"specversion": "1.0", "id": id, "source": source, "type": type,
@@ -134,9 +165,21 @@ class EventBuilder:
     def __init__(self, overrides: dict[str, Any] | None = None, *, ingest_time: bool = False) -> None:
         self.overrides = dict(overrides or {})
         self.ingest_time = ingest_time     # add `mecingesttime`: when the detector took the event
+        self.spans = otlp_from_env("detector")   # None unless OTLP export is configured
+
+    def _traced(self, ext: dict[str, Any], parent: TraceContext | None, trace_key: str, ce_id: str,
+                started_ns: int) -> None:
+        """Put the CloudEvent's trace context into `ext` (before the overrides); export its span."""
+        ctx = detector_context(parent, trace_key, ce_id)
+        ext.update(trace_extensions(ctx))
+        if self.spans is not None:
+            self.spans.emit([SpanRecord(DETECTOR_ACCEPT, "detector", ctx.trace_id, ctx.span_id,
+                                        parent.span_id if parent else None, started_ns, time.time_ns(),
+                                        {"cloudevents.event_id": ce_id})])
 
     def for_rule(self, ev: dict[str, Any], rule: Rule, ctx: dict[str, Any], t: datetime, source: str) -> CloudEvent:
         """What `rule` emits for the AppEvent `ev` (templates rendered against `ctx`)."""
+        started_ns = time.time_ns()
         em = rule.emit
         assert em is not None
         ctx["rule"] = rule.name
@@ -148,37 +191,49 @@ class EventBuilder:
                 ext[name] = ext_value(v)
         if self.ingest_time:
             ext["mecingesttime"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        cid = ce_id(ev["id"], rule.name)
+        self._traced(ext, app_event_trace(ev), ev["id"], cid, started_ns)
         ext.update(self.overrides)
         ctype = em.type.render(ctx)
         subject = em.subject.render(ctx)
-        return build(id=ce_id(ev["id"], rule.name), source=source,
+        return build(id=cid, source=source,
                      type=str(ctype) if ctype not in (None, "") else f"mec.upf.{ev['kind']}",
                      time=t, subject=None if subject is None else str(subject),
                      data=render_tree(em.data, ctx), extensions=ext)
 
-    def _lifecycle_ext(self, ue: dict[str, Any], rule: str) -> dict[str, Any]:
+    def _lifecycle_ext(self, ue: dict[str, Any], rule: str, parent: TraceContext | None, trace_key: str,
+                       cid: str) -> dict[str, Any]:
+        started_ns = time.time_ns()
         ext = standard_extensions({"ue": ue})
         ext["rule"] = rule
+        self._traced(ext, parent, trace_key, cid, started_ns)
         ext.update(self.overrides)
         return ext
 
-    def source_created(self, src: Source, event_id: str, t: datetime) -> CloudEvent:
-        """mec.source.created: the AppEvent `event_id` (captured at `t`) made `src`."""
+    def source_created(self, src: Source, event_id: str, t: datetime,
+                       trace: TraceContext | None = None) -> CloudEvent:
+        """mec.source.created: the AppEvent `event_id` (captured at `t`, in the trace `trace`) made `src`."""
         data = {"source": src.source, "uekey": src.key, "ue": src.ue, "rule": src.rule,
                 "created": rfc3339(src.created), "event": event_id}
-        return build(id=ce_id(event_id, "source.created"), source=src.source, type="mec.source.created",
-                     time=t, subject=src.key, data=data, extensions=self._lifecycle_ext(src.ue, src.rule))
+        cid = ce_id(event_id, "source.created")
+        return build(id=cid, source=src.source, type="mec.source.created", time=t, subject=src.key, data=data,
+                     extensions=self._lifecycle_ext(src.ue, src.rule, trace, event_id, cid))
 
     def source_expired(self, src: Source, reason: str, now: float) -> CloudEvent:
-        """mec.source.expired: `src` ended at `now` (reason: idle or session.down)."""
+        """mec.source.expired: `src` ended at `now` (reason: idle or session.down); a trace of its own."""
         data = {"source": src.source, "uekey": src.key, "ue": src.ue, "created": rfc3339(src.created),
                 "last_seen": rfc3339(src.last_seen), "reason": reason}
-        return build(id=ce_id(f"{src.source}|{src.created!r}", "source.expired"), source=src.source,
-                     type="mec.source.expired", time=datetime.fromtimestamp(now, UTC), subject=src.key,
-                     data=data, extensions=self._lifecycle_ext(src.ue, src.rule))
+        cid = ce_id(f"{src.source}|{src.created!r}", "source.expired")
+        return build(id=cid, source=src.source, type="mec.source.expired", time=datetime.fromtimestamp(now, UTC),
+                     subject=src.key, data=data, extensions=self._lifecycle_ext(src.ue, src.rule, None, cid, cid))
 
     def relay(self, ce: BaseCloudEvent) -> CloudEvent:
-        """A CloudEvent from another source, as it came plus the overrides."""
+        """A CloudEvent from another source, as it came plus the overrides; its trace context (or a new
+        trace) gets the detector's span as the parent."""
+        started_ns = time.time_ns()
         attrs = dict(ce.get_attributes())
+        parent = parse_traceparent(attrs.get("traceparent"), attrs.get("tracestate"))
+        key = f"ce|{attrs.get('source')}|{attrs.get('id')}"
+        self._traced(attrs, parent, key, key, started_ns)
         attrs.update(self.overrides)
         return CloudEvent(attrs, ce.get_data())

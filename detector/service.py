@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.v1.event import CloudEvent
@@ -30,6 +30,9 @@ from detector.outbox import Outbox, Row
 from detector.rules import Journal, RuleSet
 from detector.schema import check_app_event, parse_time
 from detector.sources import Source, SourceTracker
+
+if TYPE_CHECKING:
+    from detector.exposure.service import ExposureService
 
 log = logging.getLogger("detector")
 CHECKPOINT_INTERVAL = 0.5  # seconds between WAL checkpoints
@@ -76,7 +79,7 @@ class Batch:
     """What one request adds: outbox rows and source-table changes, and how to take back the
     in-memory changes made for them if they cannot be stored."""
 
-    __slots__ = ("created", "deletes", "limiter", "removed", "rows", "seen", "upserts", "waits")
+    __slots__ = ("created", "deletes", "exposed", "limiter", "removed", "rows", "seen", "upserts", "waits")
 
     def __init__(self) -> None:
         self.rows: list[Row] = []
@@ -89,6 +92,7 @@ class Batch:
         # commits in flight that hold the first copy of this batch's duplicates: a duplicate is only
         # answered 2xx once its first copy is durable
         self.waits: list[asyncio.Future[None]] = []
+        self.exposed: list[dict[str, Any]] = []   # accepted AppEvents for Nupf_EventExposure, offered once durable
 
     def marks(self) -> tuple[int, ...]:
         return (len(self.rows), len(self.upserts), len(self.deletes), len(self.seen), len(self.created),
@@ -108,6 +112,7 @@ class Detector:
         self.outbox: Outbox | None = None
         self.delivery = delivery
         self.draining = False
+        self.exposure: ExposureService | None = None   # Nupf_EventExposure (detector/exposure), set by the app
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._ckpt_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-checkpoint")
         self._seq = 0
@@ -259,6 +264,8 @@ class Detector:
                 await asyncio.shield(fut)   # shielded: our request going away must not cancel theirs
             except Exception as e:
                 raise StoreError(f"the first copy of a re-sent event was not stored: {first_line(e)}") from e
+        if batch.exposed and self.exposure is not None:
+            self.exposure.offer(batch.exposed)   # durable now: measured for Nupf_EventExposure
 
     async def _commit(self, batch: Batch) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -378,6 +385,9 @@ class Detector:
             self.sources.remove(key)
             b.removed.append(src)
             self._expire(src, "session.down", now, b)
+        exposure = self.exposure
+        if exposure is not None and exposure.active:   # only while there are Nupf_EventExposure subscriptions
+            b.exposed.append(ev)
         return True
 
     def process_lines(self, body: bytes, b: Batch) -> tuple[int, int, Rejected]:

@@ -8,7 +8,9 @@ capture through tap → detector → broker → functions.
 
 The report gives each stage's latency (UE send → tap capture → detector → broker accept →
 function start → function done), cold (first use, functions scaled from zero) and warm,
-p50/p95/p99, and is written as JSON, HTML and a PNG plot.
+p50/p95/p99, and is written as JSON, HTML and a PNG plot. It also shows one action's whole trace
+(`--trace N`, default the first warm buy): its spans from the packet to the function, rebuilt
+from the time stamps with the ids the stages export over OTLP (mec_common/tracing.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from mec_common.tracing import (
+    BROKER_ACCEPT,
+    CAPTURE,
+    DECODE,
+    DELIVERY,
+    DETECTOR_ACCEPT,
+    FUNCTION,
+    SpanRecord,
+    child_span_id,
+    downstream_spans,
+    epoch_ns,
+    parse_traceparent,
+    tap_span_ids,
+)
 from testbed.constants import supi
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,6 +96,8 @@ class Trace:
     function: str = ""
     ok: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    traceparent: str = ""              # the CloudEvent's (Distributed Tracing extension)
+    capture_time: float | None = None  # the CloudEvent's time, in replay too (the capture's own clock)
 
     def stage_ms(self, a: str, b: str) -> float | None:
         x, y = getattr(self, a), getattr(self, b)
@@ -159,7 +177,9 @@ def build_traces(actions: list[dict[str, Any]], events: list[dict[str, Any]],
             ev = found
             attrs = ev["attributes"]
             tr.event_type, tr.event_id = attrs.get("type", ""), attrs.get("id", "")
-            tr.t_capture = _epoch(attrs.get("time")) if phase != "replay" else None
+            tr.capture_time = _epoch(attrs.get("time"))
+            tr.t_capture = tr.capture_time if phase != "replay" else None
+            tr.traceparent = str(attrs.get("traceparent") or "")
             tr.t_detector = _epoch(attrs.get("mecingesttime"))
             # broker accept: its knativearrivaltime; a Channel stamps nothing, so its commit time
             tr.t_broker = _epoch(attrs.get("knativearrivaltime")) or ev.get("accepted")
@@ -191,6 +211,125 @@ def summarize(traces: list[Trace]) -> dict[str, dict[str, dict[str, float]]]:
                 out[phase][name] = {"n": len(vals), "p50": percentile(vals, 50), "p95": percentile(vals, 95),
                                     "p99": percentile(vals, 99), "mean": statistics.fmean(vals)}
     return out
+
+
+# ---------------------------------------------------------------------- one action's trace
+TRACE_NOTES = {
+    CAPTURE: "the packet's kernel time stamp (the AppEvent's time)",
+    DECODE: "ends at the detector's accept: the tap's own send time is not recorded",
+    DETECTOR_ACCEPT: "mecingesttime",
+    DELIVERY: "mecingesttime → knativearrivaltime",
+    BROKER_ACCEPT: "knativearrivaltime → function start: filters, queue, activator, cold start",
+    FUNCTION: "the function's journal: start → done",
+}
+
+
+def trace_spans(tr: Trace) -> list[SpanRecord]:
+    """The spans of one action, rebuilt from its time stamps: the same ids as the stages export."""
+    ce = parse_traceparent(tr.traceparent)
+    det = epoch_ns(tr.t_detector)
+    if ce is None or det is None:
+        return []
+    spans: list[SpanRecord] = []
+    capture, decode = tap_span_ids(ce.trace_id)
+    from_tap = ce.span_id == child_span_id(ce.trace_id, decode, tr.event_id)
+    cap = epoch_ns(tr.capture_time)
+    if from_tap and cap is not None:
+        spans += [SpanRecord(CAPTURE, "upf-tap", ce.trace_id, capture, None, cap, cap, {}),
+                  SpanRecord(DECODE, "upf-tap", ce.trace_id, decode, capture, cap, max(cap, det), {})]
+    parent = decode if from_tap else None
+    spans.append(SpanRecord(DETECTOR_ACCEPT, "detector", ce.trace_id, ce.span_id, parent, det, det, {}))
+    start, end = epoch_ns(tr.t_fn_start), epoch_ns(tr.t_fn_end)
+    if start is not None and end is not None and tr.function:
+        spans += downstream_spans(ce, tr.function, ingest_ns=det, arrival_ns=epoch_ns(tr.t_broker),
+                                  start_ns=start, end_ns=end)
+    return spans
+
+
+def pick_trace(traces: list[Trace], number: int | None) -> int | None:
+    """The action whose trace the report shows: number N (from 1), else the first warm buy that ran,
+    else the first action that ran."""
+    if number is not None and 1 <= number <= len(traces):
+        return number - 1
+    for want in ("warm", None):
+        for i, t in enumerate(traces):
+            if t.ok and t.kind == "http" and (want is None or t.round == want):
+                return i
+    return next((i for i, t in enumerate(traces) if t.ok), None)
+
+
+def trace_report(traces: list[Trace], number: int | None) -> dict[str, Any] | None:
+    """One action's trace for report.json: its spans (a chain, parent first), with start offsets
+    and durations in ms from the first span (in replay, from the detector: the capture's clock is
+    the recording's)."""
+    i = pick_trace(traces, number)
+    if i is None:
+        return None
+    tr = traces[i]
+    spans = trace_spans(tr)
+    if not spans:
+        return None
+    replay = tr.round == "replay"
+    base = next(s.start_ns for s in spans if s.name == DETECTOR_ACCEPT) if replay else spans[0].start_ns
+    depth: dict[str | None, int] = {None: -1}
+    rows = []
+    for s in spans:
+        depth[s.span_id] = depth.get(s.parent_id, -1) + 1
+        rows.append({"name": s.name, "service": s.service, "span_id": s.span_id, "parent_id": s.parent_id,
+                     "depth": depth[s.span_id], "start": s.start_ns / 1e9, "offset_ms": (s.start_ns - base) / 1e6,
+                     "duration_ms": (s.end_ns - s.start_ns) / 1e6, "note": TRACE_NOTES.get(s.name, "")})
+    return {"action": i + 1, "ue": tr.ue, "kind": tr.kind, "round": tr.round, "key": tr.key,
+            "event_id": tr.event_id, "trace_id": spans[0].trace_id, "traceparent": tr.traceparent,
+            "clock": "replay: the tap's spans are at the capture's recorded time" if replay else "one clock",
+            "spans": rows}
+
+
+def _bar(row: dict[str, Any], total: float, width: int = 32) -> str:
+    if total <= 0:
+        return ""
+    a = max(0.0, row["offset_ms"]) / total * width
+    b = max(0.0, row["offset_ms"] + row["duration_ms"]) / total * width
+    lo = min(width - 1, int(a))
+    return " " * lo + "█" * max(1, min(width, round(b)) - lo)
+
+
+def _ms(value: float) -> str:
+    """Milliseconds for the waterfall's columns; days-long replay offsets in seconds."""
+    return f"{value:.2f}" if abs(value) < 1e5 else f"{value / 1000:.0f} s"
+
+
+def print_trace(trace: dict[str, Any] | None, out: Any = sys.stdout) -> None:
+    if not trace:
+        print("\nTrace: none (no action reached a function with a traceparent)", file=out)
+        return
+    rows = trace["spans"]
+    total = max(r["offset_ms"] + r["duration_ms"] for r in rows)
+    print(f"\nTrace of action {trace['action']} (UE {trace['ue']} {trace['kind']} {trace['round']} {trace['key']}): "
+          f"trace id {trace['trace_id']}, {trace['clock']}", file=out)
+    print(f"  {'span':<22}{'service':<12}{'span id':<18}{'start ms':>12}{'dur ms':>12}  waterfall", file=out)
+    for r in rows:
+        name = "  " * r["depth"] + r["name"]
+        print(f"  {name:<22}{r['service']:<12}{r['span_id']:<18}{_ms(r['offset_ms']):>12}{_ms(r['duration_ms']):>12}"
+              f"  |{_bar(r, total):<32}|", file=out)
+
+
+def trace_html(trace: dict[str, Any] | None) -> str:
+    if not trace:
+        return ""
+    rows = trace["spans"]
+    total = max(r["offset_ms"] + r["duration_ms"] for r in rows) or 1.0
+    out = []
+    for r in rows:
+        left = max(0.0, r["offset_ms"]) / total * 100
+        width = max(0.3, r["duration_ms"] / total * 100)
+        out.append(f"<tr><td>{'&nbsp;' * 3 * r['depth']}{html.escape(r['name'])}</td><td>{html.escape(r['service'])}</td>"
+                   f"<td><code>{r['span_id']}</code></td><td>{_ms(r['offset_ms'])}</td><td>{_ms(r['duration_ms'])}</td>"
+                   f"<td style=\"width:320px;text-align:left\"><div style=\"margin-left:{left:.1f}%;width:{width:.1f}%;"
+                   f"background:#4c72b0;height:10px\"></div></td><td>{html.escape(r['note'])}</td></tr>")
+    return (f"<h2>Trace of action {trace['action']} ({html.escape(str(trace['kind']))} {html.escape(trace['round'])} "
+            f"{html.escape(trace['key'])})</h2><p>trace id <code>{trace['trace_id']}</code>; "
+            f"{html.escape(trace['clock'])}</p><table><tr><th>span</th><th>service</th><th>span id</th>"
+            f"<th>start (ms)</th><th>duration (ms)</th><th>waterfall</th><th>from</th></tr>{''.join(out)}</table>")
 
 
 # ---------------------------------------------------------------------- report
@@ -248,7 +387,7 @@ def write_plot(summary: dict[str, Any], path: Path) -> bool:
 
 
 def write_html(traces: list[Trace], summary: dict[str, Any], meta: dict[str, Any], path: Path,
-               plot: str | None) -> None:
+               plot: str | None, trace: dict[str, Any] | None = None) -> None:
     rows = []
     for phase in ("cold", "warm"):
         for name, label, _a, _b in STAGES:
@@ -270,6 +409,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:nth-child(2){{
 {f'<img src="{plot}" alt="stage latencies">' if plot else ''}
 <h2>Stage latency (ms)</h2><table><tr><th>phase</th><th>stage</th><th>n</th><th>p50</th><th>p95</th><th>p99</th></tr>
 {''.join(rows)}</table>
+{trace_html(trace)}
 <h2>UE actions</h2><table><tr><th>UE</th><th>action</th><th>phase</th><th>CloudEvent</th><th>function</th>
 <th>UE→function start (ms)</th><th>SUPI</th><th>ran</th></tr>{''.join(acts)}</table>
 <h2>Run</h2><pre>{html.escape(json.dumps(meta, indent=1))}</pre></body></html>
@@ -364,6 +504,9 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--eventing", choices=("broker", "channel"), default="broker",
                    help="the detector's sink: the Broker and its Triggers (default), or the Channel "
                         "mec-events and its Subscriptions (k8s/knative/channel.yaml)")
+    p.add_argument("--trace", type=int, metavar="N",
+                   help="show the whole trace of UE action N (from 1, as in report.json's traces); "
+                        "default: the first warm buy")
     return p
 
 
@@ -378,8 +521,8 @@ def _sim_possible() -> str | None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if args.ues < 1 or args.rounds < 1 or args.rate <= 0:
-        print("testbed demo: --ues, --rounds and --rate must be positive", file=sys.stderr)
+    if args.ues < 1 or args.rounds < 1 or args.rate <= 0 or (args.trace is not None and args.trace < 1):
+        print("testbed demo: --ues, --rounds, --rate and --trace must be positive", file=sys.stderr)
         return 2
     mode = args.mode
     why = _sim_possible()
@@ -414,10 +557,15 @@ def run_demo(args: argparse.Namespace) -> int:
             "summary_line": f"{mode} mode, {args.eventing} path: {ok}/{len(traces)} UE actions ran a serverless function; "
                             f"{len(events)} CloudEvents accepted by the broker, {len(invocations)} invocations",
             "supis": sorted({str(t.extras["supi"]) for t in traces if t.extras.get("supi")})}
+    if args.trace is not None and args.trace > len(traces):
+        print(f"testbed demo: no action {args.trace} (there are {len(traces)}): showing the default trace",
+              file=sys.stderr)
+    trace = trace_report(traces, args.trace)
     print_report(traces, summary)
+    print_trace(trace)
     plot = "latency.png" if write_plot(summary, out / "latency.png") else None
-    write_html(traces, summary, meta, out / "report.html", plot)
-    (out / "report.json").write_text(json.dumps({"meta": meta, "summary": summary,
+    write_html(traces, summary, meta, out / "report.html", plot, trace)
+    (out / "report.json").write_text(json.dumps({"meta": meta, "summary": summary, "trace": trace,
                                                  "traces": [t.__dict__ for t in traces]}, indent=1))
     print(f"\n{meta['summary_line']}")
     print(f"report: {out / 'report.html'}")

@@ -3,6 +3,11 @@
 An AppEvent is a plain dict, serialised as one JSON line. Ids are stable: they are a
 hash of what the tap saw (capture time, point, kind, tunnel, flow, app fields), so a
 replay of the same capture gives the same ids and the detector can dedupe.
+
+Each event also starts a W3C trace (`trace.traceparent`, mec_common/tracing.py): the trace id
+is the event's id and the parent span the tap's `decode` span (the id's second half), so the
+same capture always gives the same traces, for one string format per event. With
+OTEL_EXPORTER_OTLP_ENDPOINT set, the tap's spans (`capture`, `decode`) are exported too.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from mec_common.tracing import ZERO_SPAN, otlp_from_env, tap_spans, tap_traceparent
 from upf_tap.decode.ip import ip_str
 
 if TYPE_CHECKING:  # types only: making a Protocol class costs start-up time
@@ -33,6 +39,8 @@ except ImportError:  # pragma: no cover - a Python built without it
 
 AppEvent = dict[str, Any]
 
+
+_SPANS = otlp_from_env("upf-tap")   # None unless OTLP export is configured
 
 _MAX_SEC = 253_402_300_799  # 9999-12-31T23:59:59: RFC 3339 years have four digits
 
@@ -110,7 +118,12 @@ def make_event(
     if app is not None:
         ev["app"] = app
     ev["time"] = rfc3339(ts_ns)
-    ev["id"] = stable_id(ev, ts_ns, seq)
+    ev["id"] = eid = stable_id(ev, ts_ns, seq)
+    decode_span = eid[16:]
+    ev["trace"] = {"traceparent": f"00-{eid}-{decode_span}-01" if decode_span != ZERO_SPAN
+                   else tap_traceparent(eid)}
+    if _SPANS is not None:
+        _SPANS.emit(tap_spans(ev, ts_ns, time.time_ns()))
     return ev
 
 

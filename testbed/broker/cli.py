@@ -87,7 +87,7 @@ def add_broker_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"finished events kept in the store for /_local/events (default {DEFAULT_RETAIN}); "
                         "pending ones are always kept")
     p.add_argument("--local-api", action="store_true",
-                   help="serve the debug API GET /_local/stats and /_local/events (off by default, as "
+                   help="serve the debug API GET /_local/stats, /_local/events and /_local/eventtypes (off by default, as "
                         "Knative's broker ingress has none; /_local/healthz is always served)")
     p.add_argument("--idle-window", type=_positive, default=None, metavar="SECONDS",
                    help="scale a function to zero after this idle time, overriding the "
@@ -150,7 +150,7 @@ async def _serve(manifests: Manifests, host: str, port: int, args: argparse.Name
 
 def _counts(m: Manifests) -> str:
     return (f"{len(m.brokers)} broker(s), {len(m.triggers)} trigger(s), {len(m.channels)} channel(s), "
-            f"{len(m.subscriptions)} subscription(s), {len(m.services)} service(s)")
+            f"{len(m.subscriptions)} subscription(s), {len(m.services)} service(s), {len(m.eventtypes)} eventtype(s)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,7 @@ from testbed.broker.delivery import (
     send_with_retries,
 )
 from testbed.broker.events import Event
+from testbed.broker.eventtypes import EventTypeRegistry
 from testbed.broker.filters import Filter, passes, trigger_filter
 from testbed.broker.manifests import (
     DEFAULT_CHANNEL_TEMPLATE,
@@ -168,6 +169,7 @@ class LocalBroker:
         self._channel_routes = subscription_routes(manifests, resolve)
         self._by_subscription = {r.key: r for routes in self._channel_routes.values() for r in routes}
         self.channel_stats = {key: ChannelCounters() for key in manifests.channels}
+        self.eventtypes = EventTypeRegistry(manifests.eventtypes.values())  # warns about undeclared types
 
     async def start(self) -> None:
         await self.store.open()  # first: nothing to clean up if it cannot open
@@ -243,6 +245,7 @@ class LocalBroker:
             log.warning("refusing event %s (503): %s", event.get("id"), exc)
             return 503
         self.stats.accepted[f"{namespace}/{name}"] += 1
+        self.eventtypes.check(namespace, "Broker", name, str(event.get("type")))
         for route in routes:
             self._spawn(self._dispatch(route, seq, event))
         return 202
@@ -270,6 +273,7 @@ class LocalBroker:
             log.warning("refusing event %s for channel %s/%s (503): %s", event.get("id"), namespace, name, exc)
             return 503
         counters.accepted += 1
+        self.eventtypes.check(namespace, self.manifests.channels[(namespace, name)].kind, name, str(event.get("type")))
         if not routes:
             counters.dropped += 1
             log.debug("channel %s/%s has no Subscription: event %s dropped", namespace, name, event.get("id"))

@@ -15,7 +15,8 @@
 - `GET /_local/healthz`: always (a liveness probe tells nothing about the events).
 - `GET /_local/stats` (broker counters, store counts, recent dispatches, per Channel
   its address and Subscriptions, function cold/warm latencies) and
-  `GET /_local/events?since=N` (accepted events): only with `local_api` (`testbed broker
+  `GET /_local/events?since=N` (accepted events) and `GET /_local/eventtypes` (the manifests'
+  EventTypes and the counts of undeclared types, also in stats): only with `local_api` (`testbed broker
   --local-api`), since Knative's broker ingress has no such debug API; otherwise every
   other `/_local/...` path is 404.
 """
@@ -130,6 +131,7 @@ def build_app(manifests: Manifests, base_url: str, state_dir: Path, *,
     if local_api:
         app.router.add_get("/_local/stats", _stats)
         app.router.add_get("/_local/events", _events)
+        app.router.add_get("/_local/eventtypes", _eventtypes)
     app.router.add_route("*", "/_local/{tail:.*}", _local_off)  # never a Broker: "_local" is no namespace
     app.router.add_route("*", "/channels/{namespace}/{name}", _channel_ingress)
     app.router.add_route("*", "/channels/{namespace}/{name}/", _channel_ingress)
@@ -153,8 +155,14 @@ async def _stats(request: web.Request) -> web.Response:
         "broker": await broker.snapshot(),
         "channels": broker.channels_snapshot(),
         "functions": request.app[RUNNER_KEY].snapshot(),
+        **broker.eventtypes.snapshot(),
     }
     return web.json_response(stats)
+
+
+async def _eventtypes(request: web.Request) -> web.Response:
+    """The EventTypes of the manifests, and how many events of undeclared types came in, per type."""
+    return web.json_response(request.app[BROKER_KEY].eventtypes.snapshot())
 
 
 async def _events(request: web.Request) -> web.Response:

@@ -3,12 +3,14 @@ files that kind applies.
 
 `load_manifests(DIR)` reads every *.yaml / *.yml under DIR (multi-document files too),
 keeps eventing.knative.dev/v1 Broker and Trigger, messaging.knative.dev/v1 Channel,
-InMemoryChannel and Subscription, and serving.knative.dev/v1 Service, skips other kinds
+InMemoryChannel and Subscription, serving.knative.dev/v1 Service, and EventTypes of the
+served versions (eventing.knative.dev/v1beta1, v1beta2, v1beta3), skips other kinds
 (Namespace, ConfigMap, ...), and checks what Knative's admission webhooks check (broker
 and subscriber present, one dialect per `filters` entry, attribute names, CESQL that
 parses, delivery fields, ISO-8601 durations; a Subscription's channel in its own
 namespace and at least one of subscriber and reply; a Channel's template with kind and
-apiVersion and no user-written spec.subscribers). Errors name the file and the object:
+apiVersion and no user-written spec.subscribers; an EventType's type, its reference's kind,
+name and apiVersion). Errors name the file and the object:
 `triggers.yaml: Trigger mec/buy: filters[1] has two dialects`.
 """
 
@@ -30,8 +32,11 @@ MESSAGING_V1 = "messaging.knative.dev/v1"
 CHANNEL_KINDS = ("Channel", "InMemoryChannel")
 # what a default install's `default-ch-webhook` ConfigMap (clusterDefault) gives a Channel without one
 DEFAULT_CHANNEL_TEMPLATE = {"apiVersion": MESSAGING_V1, "kind": "InMemoryChannel"}
+# the EventType versions Eventing 1.22.2 serves (eventtype.yaml CRD; v1beta2 is the storage version)
+EVENTTYPE_VERSIONS = ("eventing.knative.dev/v1beta1", "eventing.knative.dev/v1beta2", "eventing.knative.dev/v1beta3")
 _WANTED = ((EVENTING_V1, "Broker"), (EVENTING_V1, "Trigger"), (SERVING_V1, "Service"),
-           (MESSAGING_V1, "Channel"), (MESSAGING_V1, "InMemoryChannel"), (MESSAGING_V1, "Subscription"))
+           (MESSAGING_V1, "Channel"), (MESSAGING_V1, "InMemoryChannel"), (MESSAGING_V1, "Subscription"),
+           *((api, "EventType") for api in EVENTTYPE_VERSIONS))
 DEFAULT_NAMESPACE = "default"  # what `kubectl apply` uses when metadata.namespace is absent
 DIALECTS = ("exact", "prefix", "suffix", "all", "any", "not", "cesql")
 # Knative: trigger_validation.go validAttributeName
@@ -164,6 +169,20 @@ class Subscription:
     origin: str = ""
 
 
+@dataclass(frozen=True)
+class EventType:
+    """An eventing.knative.dev EventType: a CloudEvent type declared for a Broker or a Channel."""
+
+    namespace: str
+    name: str
+    type: str
+    source: str | None
+    reference: Ref | None       # spec.reference (or v1beta1/v1beta2 spec.broker); None: names nothing
+    description: str = ""
+    api_version: str = ""
+    origin: str = ""
+
+
 @dataclass
 class Manifests:
     brokers: dict[tuple[str, str], Broker] = field(default_factory=dict)
@@ -171,6 +190,7 @@ class Manifests:
     services: dict[tuple[str, str], Service] = field(default_factory=dict)
     channels: dict[tuple[str, str], Channel] = field(default_factory=dict)
     subscriptions: list[Subscription] = field(default_factory=list)
+    eventtypes: dict[tuple[str, str], EventType] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # "file: Kind name" of objects not used here
 
 
@@ -235,6 +255,10 @@ def _add(out: Manifests, doc: dict[str, Any], where: str) -> None:
         if any((s.namespace, s.name) == (ns, name) for s in out.subscriptions):
             raise ManifestError(f"{who}: defined twice")
         out.subscriptions.append(_subscription(spec, ns, name, who, where))
+    elif kind == "EventType":
+        if (ns, name) in out.eventtypes:
+            raise ManifestError(f"{who}: defined twice")
+        out.eventtypes[(ns, name)] = _eventtype(spec, str(api), ns, name, who, where)
     else:
         if (ns, name) in out.services:
             raise ManifestError(f"{who}: defined twice")
@@ -308,6 +332,32 @@ def _subscription(spec: dict[str, Any], ns: str, name: str, who: str, where: str
         raise ManifestError(f"{who}: expected at least one of spec.subscriber, spec.reply")
     return Subscription(ns, name, ref["name"], ref["kind"], subscriber, reply,
                         _delivery(spec.get("delivery"), who, ns), where)
+
+
+def _eventtype(spec: dict[str, Any], api: str, ns: str, name: str, who: str, where: str) -> EventType:
+    """What the webhook needs of an EventType: its type (v1beta3: the `type` attribute) and, when it
+    names one, a reference with kind, name and apiVersion (KReference; my reading of eventing)."""
+    if api.endswith("/v1beta3"):
+        attrs = {a.get("name"): a.get("value") for a in spec.get("attributes") or [] if isinstance(a, dict)}
+        type_, source, field_name = attrs.get("type"), attrs.get("source"), "spec.attributes[name=type].value"
+    else:
+        type_, source, field_name = spec.get("type"), spec.get("source"), "spec.type"
+    if not isinstance(type_, str) or not type_:
+        raise ManifestError(f"{who}: missing field {field_name}")
+    ref = None
+    raw = spec.get("reference")
+    if raw is not None:
+        if not isinstance(raw, dict):
+            raise ManifestError(f"{who}: spec.reference must be a mapping")
+        for key in ("apiVersion", "kind", "name"):
+            if not isinstance(raw.get(key), str) or not raw[key]:
+                raise ManifestError(f"{who}: missing field spec.reference.{key}")
+        ref = Ref(raw["kind"], raw["name"], str(raw.get("namespace") or ns), raw["apiVersion"])
+    elif isinstance(spec.get("broker"), str) and spec["broker"]:  # deprecated, v1beta1/v1beta2 only
+        ref = Ref("Broker", spec["broker"], ns, EVENTING_V1)
+    description = spec.get("description")
+    return EventType(ns, name, type_, source if isinstance(source, str) else None, ref,
+                     description if isinstance(description, str) else "", api, where)
 
 
 def _optional_destination(raw: Any, who: str, ns: str) -> Destination | None:

@@ -8,6 +8,12 @@ function runner. A handler module `testbed.functions.<name>` defines
 `{"attributes": {...}, "data": <JSON value, text or bytes>}`; a returned dict of the
 same shape is the reply, written in binary mode with 200 (no reply: 202, empty body).
 A request that is not a CloudEvent gets 400; a handler exception gets 500.
+
+Tracing: each invocation is logged on stdout (one JSON line; FN_ACCESS_LOG=0 turns it off) and,
+with FN_JOURNAL=1, journalled, both with the event's `traceparent` (the CloudEvents Distributed
+Tracing extension); a reply continues the trace (its `traceparent` names the function's span).
+With OTEL_EXPORTER_OTLP_ENDPOINT set, the spans of the event's way here are exported: `delivery`
+and `broker.accept` (from its `mecingesttime` / `knativearrivaltime` stamps) and `function`.
 """
 
 from __future__ import annotations
@@ -26,6 +32,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote, unquote
 
+from mec_common.tracing import (
+    OtlpSpans,
+    SpanRecord,
+    TraceContext,
+    downstream_spans,
+    epoch_ns,
+    otlp_from_env,
+    parse_traceparent,
+    rfc3339_ns,
+)
 from testbed.functions.store import append_jsonl
 
 Handler = Callable[[dict[str, Any]], dict[str, Any] | None]
@@ -79,6 +95,26 @@ def decode_event(headers: dict[str, str], body: bytes) -> dict[str, Any]:
     if missing:
         raise BadEvent(f"missing required attribute(s): {', '.join(missing)}")
     return {"attributes": attrs, "data": data}
+
+
+def invocation_spans(service: str, attrs: dict[str, Any], started: float, finished: float) -> list[SpanRecord]:
+    """The spans from the detector's to this function's (mec_common.tracing.downstream_spans);
+    none when the event carries no valid `traceparent`."""
+    ce = parse_traceparent(attrs.get("traceparent"), attrs.get("tracestate"))
+    if ce is None:
+        return []
+    return downstream_spans(ce, service, ingest_ns=rfc3339_ns(attrs.get("mecingesttime")),
+                            arrival_ns=rfc3339_ns(attrs.get("knativearrivaltime")),
+                            start_ns=epoch_ns(started) or 0, end_ns=epoch_ns(finished) or 0,
+                            attributes={"cloudevents.event_id": str(attrs.get("id")),
+                                        "cloudevents.event_type": str(attrs.get("type"))})
+
+
+def reply_trace(spans: list[SpanRecord], ce: TraceContext | None) -> str | None:
+    """A reply's `traceparent`: the function's span, in the event's trace."""
+    if ce is None or not spans:
+        return None
+    return TraceContext(ce.trace_id, spans[-1].span_id, ce.flags).traceparent()
 
 
 def encode_reply(event: dict[str, Any]) -> tuple[dict[str, str], bytes]:
@@ -155,12 +191,15 @@ def make_handler_class(handle: Handler, name: str) -> type[BaseHTTPRequestHandle
             except Exception as exc:  # a handler bug must not kill the server: answer 500
                 print(json.dumps({"level": "error", "function": name, "error": repr(exc)}), file=sys.stderr, flush=True)
                 self._send(500, {"Content-Type": "text/plain"}, f"handler failed: {exc}\n".encode())
-                journal(name, event, started, time.time(), 500)
+                invocation_done(name, event, started, 500)
                 return
-            journal(name, event, started, time.time(), 202 if reply is None else 200)
+            spans = invocation_done(name, event, started, 202 if reply is None else 200)
             if reply is None:
                 self._send(202)
             else:
+                parent = reply_trace(spans, parse_traceparent(event["attributes"].get("traceparent")))
+                if parent and isinstance(reply.get("attributes"), dict):
+                    reply["attributes"].setdefault("traceparent", parent)
                 headers, out = encode_reply(reply)
                 self._send(200, headers, out)
 
@@ -169,6 +208,30 @@ def make_handler_class(handle: Handler, name: str) -> type[BaseHTTPRequestHandle
 
 _served = 0
 _journal_lock = threading.Lock()
+_spans: OtlpSpans | None = None   # set by main() when OTLP export is configured
+
+
+def invocation_done(name: str, event: dict[str, Any], started: float, status: int) -> list[SpanRecord]:
+    """An invocation is over: log it, journal it, export its spans; returns them (for a reply's trace)."""
+    end = time.time()
+    attrs = event.get("attributes", {})
+    service = os.environ.get("K_SERVICE", name)
+    spans = invocation_spans(service, attrs, started, end)
+    access_log(name, service, attrs, started, end, status)
+    journal(name, event, started, end, status)
+    if _spans is not None and spans:
+        _spans.emit(spans)
+    return spans
+
+
+def access_log(name: str, service: str, attrs: dict[str, Any], started: float, end: float, status: int) -> None:
+    """One JSON line on stdout per invocation (unless FN_ACCESS_LOG=0), with the trace context."""
+    if os.environ.get("FN_ACCESS_LOG", "1") == "0":
+        return
+    line = {"level": "info", "msg": "invocation", "function": name, "service": service, "id": attrs.get("id"),
+            "type": attrs.get("type"), "status": status, "ms": round((end - started) * 1000, 3),
+            "traceparent": attrs.get("traceparent")}
+    print(json.dumps(line, separators=(",", ":")), flush=True)
 
 
 def journal(name: str, event: dict[str, Any], started: float, finished: float, status: int) -> None:
@@ -184,7 +247,7 @@ def journal(name: str, event: dict[str, Any], started: float, finished: float, s
     attrs = event.get("attributes", {})
     record = {"first": first, "function": name, "service": os.environ.get("K_SERVICE", name), "id": attrs.get("id"),
               "source": attrs.get("source"), "type": attrs.get("type"), "start": started, "end": finished,
-              "status": status}
+              "status": status, "traceparent": attrs.get("traceparent")}
     append_jsonl("invocations.jsonl", record)
 
 
@@ -244,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"serve: PORT is not a number: {os.environ['PORT']!r}", file=sys.stderr)
             return 2
     handle = load_handler(args.function)
+    global _spans
+    _spans = otlp_from_env(os.environ.get("K_SERVICE", args.function))
     try:
         server = _Server((args.host, port), make_handler_class(handle, args.function))
     except OSError as exc:
@@ -261,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()
+        if _spans is not None:
+            _spans.flush()
     return 0
 
 

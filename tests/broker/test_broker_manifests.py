@@ -29,6 +29,7 @@ CRD_FILES = {
     ("serving.knative.dev/v1", "Service"): "serving-v1.22.1/service.yaml",
     ("messaging.knative.dev/v1", "Channel"): "eventing-v1.22.2/channel.yaml",
     ("messaging.knative.dev/v1", "Subscription"): "eventing-v1.22.2/subscription.yaml",
+    ("eventing.knative.dev/v1beta2", "EventType"): "eventing-v1.22.2/eventtype.yaml",
 }
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,18 @@ class Sink:
 
     def accepted_ids(self) -> list[str]:
         return [r.id for r in self.accepted]
+
+
+def schema_refs(node: Any) -> Iterator[str]:
+    """Every `$ref` string anywhere in a JSON/OpenAPI document, depth first."""
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            yield node["$ref"]
+        for v in node.values():
+            yield from schema_refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from schema_refs(v)
 
 
 def det_config(tmp_path: Path, sink_url: str, **kw: Any) -> Config:

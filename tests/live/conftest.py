@@ -135,13 +135,15 @@ def start_live(v: VethNs, *args: str) -> LiveProc:
 
 
 def comparable(lines: list[str]) -> list[str]:
-    """Events minus what must differ between live and offline (id and time derive from capture time)."""
+    """Events minus what must differ between live and offline (id and time derive from capture
+    time, and the trace context from the id)."""
     import json
 
     out = []
     for line in lines:
         ev = json.loads(line)
         ev.pop("id", None)
+        ev.pop("trace", None)
         ev.pop("time", None)
         out.append(json.dumps(ev, sort_keys=True))
     return out
