@@ -218,6 +218,7 @@ class LocalBroker:
             if left is not None and left <= 0:
                 raise TimeoutError("broker still dispatching")
             await asyncio.wait(set(self._tasks), timeout=left)
+        await self.store.sync()  # and their outcomes are in the store, not only queued for it
 
     def has_broker(self, namespace: str, name: str) -> bool:
         return (namespace, name) in self.manifests.brokers

@@ -297,6 +297,7 @@ class AsyncEventStore:
         self._closing = False
         self._updates: list[DeliveryUpdate] = []
         self._wake = asyncio.Event()
+        self._in_flight = False  # a transaction is on the disk (what it took is out of the queues)
         self._writer_task: asyncio.Task[None] | None = None
         self._pruner_task: asyncio.Task[None] | None = None
 
@@ -343,6 +344,16 @@ class AsyncEventStore:
         self._updates.append(upd)
         self._wake.set()
 
+    async def sync(self, poll: float = 0.005) -> None:
+        """Wait until everything queued so far (events and delivery updates) is committed, or a
+        transaction failed (what it held then waits for a later one: see _flush)."""
+        errors = self.write_errors
+        while (self._appends or self._updates or self._in_flight) and self._writer_task is not None:
+            if self.write_errors != errors:
+                return
+            self._wake.set()
+            await asyncio.sleep(poll)
+
     async def pending(self) -> list[PendingDelivery]:
         assert self._store is not None, "AsyncEventStore.open() was not awaited"
         return await self._on(self._writer_exec, self._store.pending)
@@ -374,6 +385,7 @@ class AsyncEventStore:
         if not (appends or updates):
             return
         assert self._store is not None
+        self._in_flight = True
         try:
             await self._on(self._writer_exec, self._store.commit, [a for a, _ in appends], updates)
         except Exception as e:  # StoreError, or anything else: the writer must live on
@@ -384,6 +396,8 @@ class AsyncEventStore:
                 if not fut.done():
                     fut.set_exception(e if isinstance(e, StoreError) else StoreError(str(e)))
             return
+        finally:
+            self._in_flight = False
         self.transactions += 1
         self.events_committed += len(appends)
         for a, fut in appends:

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import jsonschema
 import schemathesis
-from detlib import Sink, base_url, det_config, running
+from detlib import Sink, base_url, det_config, running, schema_refs
 
 from detector.api import make_app
 from detector.delivery import Delivery
@@ -41,17 +41,6 @@ def _resolve(doc: dict[str, Any], node: Any) -> Any:
     return node
 
 
-def _refs(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        if isinstance(node.get("$ref"), str):
-            yield node["$ref"]
-        for v in node.values():
-            yield from _refs(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _refs(v)
-
-
 async def test_served_document_is_valid_openapi(tmp_path: Path, sink: Sink) -> None:
     async with (running(det_config(tmp_path, sink.url)) as srv, aiohttp.ClientSession() as s,
                 s.get(base_url(srv) + OPENAPI_PATH) as r):           # no token: it is a description
@@ -60,7 +49,7 @@ async def test_served_document_is_valid_openapi(tmp_path: Path, sink: Sink) -> N
     assert served == document()
     assert served["openapi"].startswith("3.1.")
     schemathesis.openapi.from_dict(served).validate()               # the OpenAPI 3.1 meta-schema
-    for ref in set(_refs(served)):                                    # every reference resolves inside it
+    for ref in set(schema_refs(served)):                                    # every reference resolves inside it
         assert ref.startswith("#/"), ref
         _resolve(served, {"$ref": ref})
     for schema in served["components"]["schemas"].values():
