@@ -27,6 +27,18 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
+def free_dns_port() -> int:
+    """A port free for both UDP and TCP: dnsmasq binds both and exits if either is taken."""
+    while True:
+        port = free_port(socket.SOCK_DGRAM)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
 @pytest.fixture
 def app() -> Iterator[str]:
     port = free_port()
@@ -106,7 +118,7 @@ def dns_query(name: str, port: int, qid: int = 0x1234, timeout: float = 3.0) -> 
 @pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq (Debian dnsmasq-base) not installed")
 def test_dn_dns_answers_the_lab_names(tmp_path: Path) -> None:
     conf = L.COMPOSE_DIR / "dn/dnsmasq.conf"
-    port = free_port(socket.SOCK_DGRAM)
+    port = free_dns_port()
     argv = ["dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", f"--port={port}",
             "--listen-address=127.0.0.1", "--bind-interfaces", f"--pid-file={tmp_path}/pid"]
     if hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0:
@@ -118,6 +130,8 @@ def test_dn_dns_answers_the_lab_names(tmp_path: Path) -> None:
                 rcode, addrs = dns_query(L.APP_HOST, port, timeout=0.2)
                 break
             except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"dnsmasq exited with {proc.returncode}: {proc.communicate()[0].strip()}")
                 time.sleep(0.1)
         else:
             pytest.fail("dnsmasq did not answer")
