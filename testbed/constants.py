@@ -6,6 +6,8 @@ sample subscriber keys, PLMN 999/70, TAC 1, S-NSSAI sst 1, DNN "internet".
 
 from __future__ import annotations
 
+import ipaddress
+
 from upf_tap import constants as _tap
 
 MCC = "999"
@@ -38,3 +40,15 @@ def ue_ipv4(n: int) -> str:
     """Address the sim's SMF gives the n-th UE (n from 1): 10.45.0.2, 10.45.0.3, ..."""
     host = n + 1
     return f"10.45.{host // 256}.{host % 256}"
+
+
+# --- MEC sites (issue 18): site 1 is the pool above; each further site's UPF has its own
+# pool, so an SSC mode 3 move to another site gives the UE a new address there ---
+SITE_UE_POOLS_V4 = {1: UE_POOL_V4, 2: "10.46.0.0/16"}
+SITE_UE_GATEWAYS_V4 = {1: UE_GATEWAY_V4, 2: "10.46.0.1"}
+
+
+def site_ue_ipv4(n: int, site: int = 1) -> str:
+    """Address the sim's SMF gives the n-th UE at a site's UPF: 10.45.0.2 at site 1, 10.46.0.2 at site 2, ..."""
+    net = ipaddress.IPv4Network(SITE_UE_POOLS_V4[site])
+    return str(net.network_address + n + 1)

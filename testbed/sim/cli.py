@@ -40,7 +40,9 @@ def add_sim_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     up.add_argument("--ues", type=_ues, default=DEFAULT_UES, help="number of UEs (default %(default)s)")
     up.add_argument("--qfi", type=int, default=1, choices=range(1, 64), metavar="QFI",
                     help="QFI of every UE's default QoS flow (default %(default)s)")
-    up.add_argument("--capture", type=Path, help="also write N3+N4+N6 at the UPF to this pcapng")
+    up.add_argument("--capture", type=Path, help="also write N3+N4+N6 at the UPF (both UPFs with 2 sites) to this pcapng")
+    up.add_argument("--sites", type=int, default=1, choices=(1, 2),
+                    help="MEC sites: a gNB and a UPF each, one SMF (default %(default)s; docs/sim-sites.md)")
     down = sub.add_parser("down", help="delete the sessions (PFCP) and remove everything")
     down.add_argument("--keep-state", action="store_true", help="keep logs in the state directory")
     st = sub.add_parser("status", help="what is up (exit 0 when the lab is up)")
@@ -68,14 +70,19 @@ def run_sim(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    lab = SimLab(args.lab_id, args.ues, qfi=args.qfi, state_root=args.state_root, capture=args.capture)
+    lab = SimLab(args.lab_id, args.ues, qfi=args.qfi, state_root=args.state_root, capture=args.capture,
+                 sites=args.sites)
     lab.up()
-    print(f"sim lab {args.lab_id} up: {args.ues} UE(s), state in {lab.state_dir}")
+    sites = f", {args.sites} sites" if args.sites > 1 else ""
+    print(f"sim lab {args.lab_id} up: {args.ues} UE(s){sites}, state in {lab.state_dir}")
     for n, s in sorted(lab.sessions.items()):
         print(f"  UE {n}: {s['supi']} {s['ue_ip']} on {lab.ue_netns(n)}/{lab.ue_tun(n)}  "
               f"UL TEID 0x{s['ul_teid']:x} DL TEID 0x{s['dl_teid']:x} QFI {s['qfi']} SEID {s['cp_seid']}/{s['up_seid']}")
-    tap = lab.tap_interfaces()
-    print(f"  tap: ip netns exec {tap['netns']} … on {tap['n3']} (N3), {tap['n4']} (N4), {tap['n6']} (N6)")
+    for k in range(1, args.sites + 1):
+        tap = lab.tap_interfaces(k)
+        where = f" site {k}" if args.sites > 1 else ""
+        print(f"  tap{where}: ip netns exec {tap['netns']} … on {tap['n3']} (N3), {tap['n4']} (N4), {tap['n6']} (N6)"
+              + (f", UE pool {lab.ue_pool(k)}" if args.sites > 1 else ""))
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from upf_tap.constants import (
     GTPU_ECHO_REQUEST,
     GTPU_ECHO_RESPONSE,
+    GTPU_END_MARKER,
     GTPU_EXT_PDU_SESSION_CONTAINER,
     GTPU_GPDU,
 )
@@ -24,6 +25,7 @@ PDU_TYPE_DL = 0
 PDU_TYPE_UL = 1
 _FLAGS_E = 0x34        # version 1, PT 1 (GTP), E (extension header present)
 _FLAGS_S = 0x32        # version 1, PT 1, S (sequence number present)
+_FLAGS_PLAIN = 0x30    # version 1, PT 1, no optional fields
 _RECOVERY_IE = 14
 MAX_DATAGRAM = 65535
 
@@ -50,6 +52,11 @@ def encode_gpdu(teid: int, payload: bytes, qfi: int, pdu_type: int) -> bytes:
     # optional word: seq 0, N-PDU 0, next extension 0x85; extension: len 1 (4 octets), next 0
     ext = struct.pack("!HBBBBBB", 0, 0, GTPU_EXT_PDU_SESSION_CONTAINER, 1, pdu_octet, qfi_octet, 0)
     return struct.pack("!BBHI", _FLAGS_E, GTPU_GPDU, len(ext) + len(payload), teid) + ext + payload
+
+
+def encode_end_marker(teid: int) -> bytes:
+    """End Marker (TS 29.281 §7.3.2): the old tunnel's TEID, no payload, no IE; the last packet on a path."""
+    return struct.pack("!BBHI", _FLAGS_PLAIN, GTPU_END_MARKER, 0, teid)
 
 
 def encode_echo_response(seq: int) -> bytes:
@@ -95,9 +102,9 @@ def decode(data: bytes) -> GtpuPacket:
     return GtpuPacket(msg_type, teid, seq, pdu_type, qfi, bytes(data[off:end]))
 
 
-def receive_gpdus(sock: socket.socket, counters: MutableMapping[str, int], log: logging.Logger
-                  ) -> Iterator[GtpuPacket]:
-    """Drain a non-blocking GTP-U socket: answer echo requests, count garbage, yield G-PDUs.
+def receive(sock: socket.socket, counters: MutableMapping[str, int], log: logging.Logger
+            ) -> Iterator[GtpuPacket]:
+    """Drain a non-blocking GTP-U socket: answer echo requests, count garbage, yield G-PDUs and End Markers.
 
     The one N3 receive loop of the sim's gNB and UPF (TS 29.281 §7.2: a node answers echo).
     """
@@ -115,6 +122,11 @@ def receive_gpdus(sock: socket.socket, counters: MutableMapping[str, int], log: 
         if msg.msg_type == GTPU_ECHO_REQUEST:
             counters["echo"] += 1
             sock.sendto(encode_echo_response(msg.seq or 0), addr)
-        elif msg.msg_type == GTPU_GPDU:
+        elif msg.msg_type in (GTPU_GPDU, GTPU_END_MARKER):
             yield msg
 
+
+def receive_gpdus(sock: socket.socket, counters: MutableMapping[str, int], log: logging.Logger
+                  ) -> Iterator[GtpuPacket]:
+    """`receive` without the End Markers (a UPF has no use for them on N3)."""
+    return (msg for msg in receive(sock, counters, log) if msg.msg_type == GTPU_GPDU)

@@ -5,6 +5,14 @@
     lab.run_in_ue(1, ["curl", "-s", "-X", "POST", "http://shop.mec.local/api/v1/buy?item=3"])
     lab.down()          # PFCP Session Deletion for every UE, then nothing left behind
 
+Two MEC sites (issue 18, docs/sim-sites.md)::
+
+    lab = SimLab("1", ues=2, sites=2)          # gnb/upf at site 1, gnb2/upf2 at site 2, one SMF
+    lab.up()                                   # every UE starts at site 1 (placement={2: 2}: UE 2 at site 2)
+    lab.handover(1, to_gnb=2)                  # Xn/N2 path switch: PFCP modification, End Marker to gnb1
+    lab.relocate(1, to_site=2)                 # SSC mode 3: new session at upf2, old one deleted at upf1
+    lab.serving(1)                             # {"site", "gnb", "gnb_ip", "upf_ip", "ue_ip", "dl_teid", ...}
+
 `up()` is `build()` + `start_services()` + `establish_sessions()`; call them one by
 one to start something (the tap, a capture) between the phases. Any failure in
 `up()` tears down what was built before re-raising. `down()` works from another
@@ -23,15 +31,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from testbed.constants import supi, ue_ipv4
+from testbed.constants import SITE_UE_POOLS_V4, site_ue_ipv4, supi
 from testbed.sim import ctl
 from testbed.sim.topology import (
     DNS_IP,
-    GNB_N3_IP,
     IF_N3,
     IF_N4,
     IF_N6,
@@ -39,23 +46,31 @@ from testbed.sim.topology import (
     MQTT_IP,
     SHOP_IP,
     SHOP_PORT,
+    SITE_GNB_FIRST_DL_TEID,
+    SITE_GNB_N3_IP,
+    SITE_UPF_FIRST_TEID,
+    SITE_UPF_N3_IP,
+    SITE_UPF_N4_IP,
     SMF_N4_IP,
-    UPF_N3_IP,
-    UPF_N4_IP,
     UPF_TUN,
     Topology,
     TopologyError,
     kill_pids,
     lab_netns,
     netns_pids,
+    site_role,
+    switch_port,
     teardown_lab,
+    ue_drop_address,
     ue_ns,
     ue_tun,
+    ue_use_address,
 )
 
 STATE_ROOT = Path("/run/mec-sim")
 READY_TIMEOUT = 15.0
 CAPTURE_DRAIN = 0.6   # dumpcap reads its capture buffer every 250 ms
+END_MARKER_WAIT = 2.0   # seconds a handover waits for the source gNB to count the End Marker
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -66,9 +81,14 @@ class SimLabError(RuntimeError):
 class SimLab:
     assoc_timeout = 10.0   # seconds the SMF waits for the UPF's PFCP association
     def __init__(self, lab_id: str = "0", ues: int = 2, *, qfi: int = 1, state_root: Path = STATE_ROOT,
-                 capture: Path | None = None) -> None:
-        self.topology = Topology(lab_id, ues)
-        self.lab_id, self.ues, self.qfi = lab_id, ues, qfi
+                 capture: Path | None = None, sites: int = 1, placement: Mapping[int, int] | None = None) -> None:
+        """`sites=2`: two MEC sites; `placement` {UE: site} says where UEs start (default: site 1)."""
+        try:
+            self.topology = Topology(lab_id, ues, sites, dict(placement or {}))
+        except TopologyError as e:
+            raise SimLabError(str(e)) from e
+        self.lab_id, self.ues, self.qfi, self.sites = lab_id, ues, qfi, sites
+        self.placement = dict(placement or {})
         self.state_dir = state_root / lab_id
         self.capture = capture
         self.sessions: dict[int, dict[str, Any]] = {}
@@ -125,7 +145,7 @@ class SimLab:
         from testbed.sim import dn  # aiohttp is heavy: only `up` needs the DN's settings
 
         py = [sys.executable, "-m"]
-        dn_ns, upf_ns = self.topology.dn_ns, self.topology.upf_ns
+        dn_ns = self.topology.dn_ns
         self._spawn("shop", dn_ns, [*py, "testbed.sim.dn", "--host", SHOP_IP, "--port", str(SHOP_PORT),
                                     "--calls", str(self.calls_file)],
                     lambda: self._listening(dn_ns, "t", SHOP_IP, SHOP_PORT))
@@ -135,14 +155,21 @@ class SimLab:
         conf.write_text(dn.mosquitto_config(self.log_dir / "mqtt.log"))
         self._spawn("mosquitto", dn_ns, ["mosquitto", "-c", str(conf)],
                     lambda: self._listening(dn_ns, "t", MQTT_IP, MQTT_BROKER_PORT))
-        self._spawn("upf", upf_ns, [*py, "testbed.sim.upf", "--n3", UPF_N3_IP, "--n4", UPF_N4_IP,
-                                    "--tun", UPF_TUN, "--ctl", str(self.ctl_path("upf"))],
-                    lambda: self._ctl_ok("upf"))
-        self._spawn("gnb", self.topology.gnb_ns, [*py, "testbed.sim.gnb", "--n3", GNB_N3_IP,
-                                                  "--ctl", str(self.ctl_path("gnb"))],
-                    lambda: self._ctl_ok("gnb"))
-        self._wait_ready()   # all of the above start in parallel; the SMF once the UPF listens on N4
-        self._spawn("smf", self.topology.smf_ns, [*py, "testbed.sim.smf", "--n4", SMF_N4_IP, "--upf", UPF_N4_IP,
+        for k in self._site_range():
+            extra = [] if k == 1 else ["--first-teid", hex(SITE_UPF_FIRST_TEID[k])]
+            self._spawn(self.upf_name(k), self.upf_netns(k),
+                        [*py, "testbed.sim.upf", "--n3", SITE_UPF_N3_IP[k], "--n4", SITE_UPF_N4_IP[k],
+                         "--tun", UPF_TUN, "--ctl", str(self.ctl_path(self.upf_name(k))), *extra],
+                        self._ctl_ready(self.upf_name(k)))
+        for k in self._site_range():
+            extra = [] if k == 1 else ["--first-teid", hex(SITE_GNB_FIRST_DL_TEID[k])]
+            self._spawn(self.gnb_name(k), self.gnb_netns(k),
+                        [*py, "testbed.sim.gnb", "--n3", SITE_GNB_N3_IP[k],
+                         "--ctl", str(self.ctl_path(self.gnb_name(k))), *extra],
+                        self._ctl_ready(self.gnb_name(k)))
+        self._wait_ready()   # all of the above start in parallel; the SMF once the UPFs listen on N4
+        upfs = [a for k in self._site_range() for a in ("--upf", SITE_UPF_N4_IP[k])]
+        self._spawn("smf", self.topology.smf_ns, [*py, "testbed.sim.smf", "--n4", SMF_N4_IP, *upfs,
                                                   "--ctl", str(self.ctl_path("smf")),
                                                   "--assoc-timeout", str(self.assoc_timeout)],
                     lambda: self._ctl_ok("smf", lambda a: bool(a.get("associated"))))
@@ -152,14 +179,25 @@ class SimLab:
         for n in range(1, self.ues + 1):
             self.attach_ue(n)
 
-    def attach_ue(self, n: int) -> dict[str, Any]:
-        """One PDU session for UE n: the gNB attaches its TUN, the SMF sets up N4, the gNB learns the UL tunnel."""
+    def attach_ue(self, n: int, site: int | None = None) -> dict[str, Any]:
+        """One PDU session for UE n: the gNB attaches its TUN, the SMF sets up N4, the gNB learns the UL tunnel.
+
+        `site` (default: where `placement` puts the UE) picks the gNB and the UPF.
+        """
         self._check_ue(n)
-        att = self._call("gnb", {"op": "attach", "ue": n, "netns": ue_ns(self.lab_id, n), "tun": ue_tun(n)})
-        s = self._call("smf", {"op": "establish", "ue": n, "gnb_ip": GNB_N3_IP, "gnb_teid": att["dl_teid"],
-                               "qfi": self.qfi})
-        self._call("gnb", {"op": "session", "ue": n, "ul_teid": s["ul_teid"], "upf_ip": s["upf_ip"],
-                           "qfi": s["qfi"]})
+        site = self.topology.ue_site(n) if site is None else self._check_site(site)
+        gnb = self.gnb_name(site)
+        att = self._call(gnb, {"op": "attach", "ue": n, "netns": ue_ns(self.lab_id, n), "tun": ue_tun(n)})
+        req: dict[str, Any] = {"op": "establish", "ue": n, "gnb_ip": SITE_GNB_N3_IP[site],
+                               "gnb_teid": att["dl_teid"], "qfi": self.qfi}
+        if site != 1:
+            req["site"] = site
+        if site_ue_ipv4(n, site) != site_ue_ipv4(n, self.topology.ue_site(n)):
+            ue_use_address(self.lab_id, n, site_ue_ipv4(n, site))   # attached elsewhere than it was built for
+        s = self._call("smf", req)
+        self._call(gnb, {"op": "session", "ue": n, "ul_teid": s["ul_teid"], "upf_ip": s["upf_ip"],
+                         "qfi": s["qfi"], "ue_ip": s["ue_ip"]})
+        s["gnb"] = site
         self.sessions[n] = s
         self._write_sessions()
         return s
@@ -168,25 +206,116 @@ class SimLab:
         """PFCP Session Modification (Update FAR with the gNB tunnel, Update QER when qfi is given)."""
         if n not in self.sessions:
             raise SimLabError(f"UE {n} has no session")
-        s = self._call("smf", {"op": "modify", "ue": n, "gnb_ip": GNB_N3_IP,
-                               "gnb_teid": self.sessions[n]["dl_teid"], "qfi": qfi})
-        self._call("gnb", {"op": "session", "ue": n, "ul_teid": s["ul_teid"], "upf_ip": s["upf_ip"],
-                           "qfi": s["qfi"]})
+        cur = self.sessions[n]
+        gnb = int(cur.get("gnb", 1))
+        s = self._call("smf", {"op": "modify", "ue": n, "gnb_ip": cur["gnb_ip"],
+                               "gnb_teid": cur["dl_teid"], "qfi": qfi})
+        self._call(self.gnb_name(gnb), {"op": "session", "ue": n, "ul_teid": s["ul_teid"], "upf_ip": s["upf_ip"],
+                                        "qfi": s["qfi"], "psi": s.get("pdu_session_id", 1)})
+        s["gnb"] = gnb
         self.sessions[n] = s
         self._write_sessions()
         return s
 
+    # --- mobility (two sites) ---
+
+    def handover(self, n: int, to_gnb: int) -> dict[str, Any]:
+        """Xn handover with N2 path switch, intra-UPF (TS 23.502 §4.9.1.2.2): the UPF stays, the gNB changes.
+
+        The target gNB takes the UE's radio (attaches to its multi-queue TUN, then the source
+        lets go), the SMF sends the UPF a PFCP Session Modification with the target's new DL
+        F-TEID and SNDEM, the UPF sends an End Marker on the old tunnel to the source gNB,
+        which counts it. Returns `serving(n)` plus "from_gnb", "old_dl_teid", "old_gnb_ip",
+        "end_marker" (the source counted it) and "radio_gap_s" (TUN switch time, both attached
+        meanwhile, so nothing is dropped on the radio side).
+        """
+        s = self._serving_session(n)
+        self._check_site(to_gnb, what="gNB")
+        src = int(s.get("gnb", 1))
+        if src == to_gnb:
+            raise SimLabError(f"UE {n} is on gNB {to_gnb} already")
+        src_name, dst_name = self.gnb_name(src), self.gnb_name(to_gnb)
+        ctx = self._call(src_name, {"op": "context", "ue": n})
+        t0 = time.monotonic()
+        got = self._call(dst_name, {"op": "handover_in", "ue": n, "netns": ue_ns(self.lab_id, n), "tun": ue_tun(n),
+                                    "primary": ctx["primary"], "sessions": ctx["sessions"]})
+        self._call(src_name, {"op": "handover_out", "ue": n})
+        radio = time.monotonic() - t0
+        new_teid = {int(x["psi"]): int(x["dl_teid"]) for x in got["sessions"]}
+        old_teid, old_ip = int(s["dl_teid"]), str(s["gnb_ip"])
+        # the target's Path Switch Request (N2) makes the SMF move the DL FAR: N4 is what the sim shows
+        new = self._call("smf", {"op": "modify", "ue": n, "gnb_ip": SITE_GNB_N3_IP[to_gnb],
+                                 "gnb_teid": new_teid[int(s.get("pdu_session_id", 1))], "end_marker": True})
+        new["gnb"] = to_gnb
+        self.sessions[n] = new
+        self._write_sessions()
+        seen = self._wait_end_marker(src_name, old_teid)
+        return {**self.serving(n), "from_gnb": src, "old_dl_teid": old_teid, "old_gnb_ip": old_ip,
+                "end_marker": seen, "radio_gap_s": radio}
+
+    def relocate(self, n: int, to_site: int, *, hold: float = 0.0) -> dict[str, Any]:
+        """Inter-site move, SSC mode 3 make-before-break (TS 23.502 §4.3.5.2): a new anchor UPF.
+
+        If the UE's radio is not on the target site's gNB yet, it is handed over first (the
+        move that makes the SMF relocate). Then: a second PDU session at the target site's UPF
+        (PFCP Session Establishment, an address from that site's pool), the UE's new traffic
+        from the new address, after `hold` seconds the old session's PFCP Session Deletion at
+        the old UPF and its address gone. Same SUPI. Returns `serving(n)` of the new session
+        plus "old" (the released session) and "handover" (the handover's result, or None).
+        """
+        s = self._serving_session(n)
+        to_site = self._check_site(to_site)
+        if int(s.get("site", 1)) == to_site:
+            raise SimLabError(f"UE {n} is anchored at site {to_site} already")
+        ho = self.handover(n, to_gnb=to_site) if int(s.get("gnb", 1)) != to_site else None
+        gnb = self.gnb_name(to_site)
+        psi = 2 if int(s.get("pdu_session_id", 1)) == 1 else 1
+        add = self._call(gnb, {"op": "add_session", "ue": n, "psi": psi})
+        try:
+            res = self._call("smf", {"op": "relocate", "ue": n, "site": to_site, "gnb_ip": SITE_GNB_N3_IP[to_site],
+                                     "gnb_teid": add["dl_teid"]})
+        except SimLabError:
+            with contextlib.suppress(SimLabError):
+                self._call(gnb, {"op": "drop_session", "ue": n, "psi": psi})
+            raise
+        new, old = res["session"], res["old"]
+        self._call(gnb, {"op": "session", "ue": n, "psi": psi, "ul_teid": new["ul_teid"], "upf_ip": new["upf_ip"],
+                         "qfi": new["qfi"], "ue_ip": new["ue_ip"]})
+        ue_use_address(self.lab_id, n, new["ue_ip"])
+        new["gnb"] = to_site
+        self.sessions[n] = new
+        self._write_sessions()
+        if hold > 0:
+            time.sleep(hold)   # flows on the old address finish meanwhile
+        self._call("smf", {"op": "release_old", "ue": n})
+        self._call(gnb, {"op": "drop_session", "ue": n, "psi": int(old["pdu_session_id"])})
+        try:
+            ue_drop_address(self.lab_id, n, old["ue_ip"])
+        except TopologyError as e:
+            raise SimLabError(str(e)) from e
+        old["gnb"] = to_site
+        return {**self.serving(n), "old": old, "handover": ho}
+
+    def serving(self, n: int) -> dict[str, Any]:
+        """Who serves UE n now: site (its anchor UPF's), gnb (its radio), tunnel ends and TEIDs."""
+        s = self._serving_session(n)
+        return {"ue": n, "supi": s["supi"], "site": int(s.get("site", 1)), "gnb": int(s.get("gnb", 1)),
+                "gnb_ip": s["gnb_ip"], "upf_ip": s["upf_ip"], "ue_ip": s["ue_ip"], "dl_teid": s["dl_teid"],
+                "ul_teid": s["ul_teid"], "pdu_session_id": s.get("pdu_session_id", 1), "qfi": s["qfi"],
+                "cp_seid": s["cp_seid"], "up_seid": s["up_seid"]}
+
     def impair_n3(self, *, loss: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
-                  reorder: float = 0.0) -> dict[str, Any]:
-        """Degrade N3 at the gNB (loss, delay ± jitter, reordering; all zero: clear); its counters."""
-        res = self._call("gnb", {"op": "impair", "loss": loss, "delay_ms": delay_ms, "jitter_ms": jitter_ms,
+                  reorder: float = 0.0, gnb: int = 1) -> dict[str, Any]:
+        """Degrade N3 at a gNB (loss, delay ± jitter, reordering; all zero: clear); its counters."""
+        res = self._call(self.gnb_name(self._check_site(gnb, what="gNB")), {"op": "impair", "loss": loss, "delay_ms": delay_ms, "jitter_ms": jitter_ms,
                                  "reorder": reorder})
         return dict(res["impairment"])
 
     def release_ue(self, n: int) -> None:
         """PFCP Session Deletion for UE n, then the gNB lets go of its TUN."""
+        gnb = int(self.sessions.get(n, {}).get("gnb", 1))
         self._call("smf", {"op": "delete", "ue": n})
-        self._call("gnb", {"op": "release", "ue": n})
+        self._call(self.gnb_name(gnb), {"op": "release", "ue": n})
         self.sessions.pop(n, None)
         self._write_sessions()
 
@@ -250,10 +379,12 @@ class SimLab:
         up = bool(namespaces) and bool(procs) and all(p["alive"] for p in procs.values())
         return {"lab_id": self.lab_id, "up": up, "ues": meta.get("ues"), "state_dir": str(self.state_dir),
                 "namespaces": namespaces, "processes": procs, "sessions": sessions,
-                "tap": self.tap_interfaces()}
+                "tap": self.tap_interfaces(), "sites": self.sites}
 
     def ue_ip(self, n: int) -> str:
-        return ue_ipv4(n)
+        """UE n's address now: its serving session's (a relocation changes it), else the one it was built with."""
+        s = self.sessions.get(n)
+        return str(s["ue_ip"]) if s else site_ue_ipv4(n, self.topology.ue_site(n))
 
     def ue_supi(self, n: int) -> str:
         return supi(n)
@@ -264,9 +395,28 @@ class SimLab:
     def ue_tun(self, n: int) -> str:
         return ue_tun(n)
 
-    def tap_interfaces(self) -> dict[str, str]:
-        """Where the tap listens: the UPF namespace and its N3 (GTP-U), N4 (PFCP) and N6 interfaces."""
-        return {"netns": self.topology.upf_ns, "n3": IF_N3, "n4": IF_N4, "n6": IF_N6}
+    def tap_interfaces(self, site: int = 1) -> dict[str, str]:
+        """Where a site's tap listens: its UPF namespace and its N3 (GTP-U), N4 (PFCP) and N6 interfaces."""
+        return {"netns": self.upf_netns(site), "n3": IF_N3, "n4": IF_N4, "n6": IF_N6}
+
+    def upf_netns(self, site: int = 1) -> str:
+        return self.topology.site_upf_ns(self._check_site(site))
+
+    def gnb_netns(self, gnb: int = 1) -> str:
+        return self.topology.site_gnb_ns(self._check_site(gnb, what="gNB"))
+
+    def ue_pool(self, site: int = 1) -> str:
+        """The UE address pool of a site's UPF (the tap's --ue-pool at that site)."""
+        return SITE_UE_POOLS_V4[self._check_site(site)]
+
+    @staticmethod
+    def gnb_name(k: int) -> str:
+        """Process, control socket and pid file name of gNB k: gnb, gnb2."""
+        return site_role("gnb", k)
+
+    @staticmethod
+    def upf_name(k: int) -> str:
+        return site_role("upf", k)
 
     def run_in_ue(self, n: int, argv: Sequence[str], *, timeout: float = 30.0,
                   input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -308,6 +458,31 @@ class SimLab:
         if not 1 <= n <= self.ues:
             raise SimLabError(f"no UE {n} in lab {self.lab_id} (UEs are 1..{self.ues})")
 
+    def _check_site(self, k: int, what: str = "site") -> int:
+        if not 1 <= k <= self.sites:
+            raise SimLabError(f"no {what} {k} in lab {self.lab_id} ({self.sites} site(s))")
+        return k
+
+    def _site_range(self) -> range:
+        return range(1, self.sites + 1)
+
+    def _serving_session(self, n: int) -> dict[str, Any]:
+        self._check_ue(n)
+        s = self.sessions.get(n)
+        if s is None:
+            raise SimLabError(f"UE {n} has no session")
+        return s
+
+    def _wait_end_marker(self, gnb: str, teid: int, timeout: float = END_MARKER_WAIT) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            marks = self._call(gnb, {"op": "status"})["end_markers"]
+            if any(m["teid"] == teid and m["handed_over"] for m in marks):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+
     def _call(self, name: str, req: dict[str, Any]) -> dict[str, Any]:
         try:
             return ctl.call(self.ctl_path(name), req, timeout=15)
@@ -322,6 +497,9 @@ class SimLab:
             return cond(ctl.call(path, {"op": "status"}, timeout=2))
         except ctl.CtlError:
             return False
+
+    def _ctl_ready(self, name: str) -> Callable[[], bool]:
+        return lambda: self._ctl_ok(name)
 
     @staticmethod
     def _listening(ns: str, proto: str, ip: str, port: int) -> bool:
@@ -355,15 +533,24 @@ class SimLab:
             if self._ready:
                 time.sleep(0.05)
 
+    def capture_points(self) -> tuple[str, list[str]]:
+        """Namespace and interfaces the lab's capture reads: the UPF's N3/N4/N6, or with two sites the
+        switch ports towards each UPF and the SMF (every N3, N4 and N6 frame passes one of them once)."""
+        if self.sites == 1:
+            return self.topology.upf_ns, [IF_N3, IF_N4, IF_N6]
+        ups = [site_role("upf", k) for k in self._site_range()]
+        return self.topology.switch_ns, [*(switch_port(IF_N3, u) for u in ups), switch_port(IF_N4, "smf"),
+                                         *(switch_port(IF_N6, u) for u in ups)]
+
     def _start_capture(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
-        ns = self.topology.upf_ns
+        ns, ifaces = self.capture_points()
 
         def ready() -> bool:
             return path.exists() and path.stat().st_size > 0
 
-        self._spawn("capture", ns, ["dumpcap", "-q", "-i", IF_N3, "-i", IF_N4, "-i", IF_N6, "-w", str(path)],
+        self._spawn("capture", ns, ["dumpcap", "-q", *(a for i in ifaces for a in ("-i", i)), "-w", str(path)],
                     ready)
         self._wait_ready()
 
@@ -393,7 +580,8 @@ class SimLab:
 
     def _write_meta(self) -> None:
         meta = {"lab_id": self.lab_id, "ues": self.ues, "qfi": self.qfi, "created": time.time(),
-                "capture": str(self.capture) if self.capture else None}
+                "capture": str(self.capture) if self.capture else None, "sites": self.sites,
+                "placement": {str(k): v for k, v in self.placement.items()}}
         (self.state_dir / "lab.json").write_text(json.dumps(meta, indent=1) + "\n")
 
     def _write_sessions(self) -> None:
@@ -411,7 +599,9 @@ class SimLab:
     def attach(cls, lab_id: str, state_root: Path = STATE_ROOT) -> SimLab:
         """A handle on a lab brought up by another process (for status/down/run_in_ue)."""
         meta = cls._read_json(state_root / lab_id / "lab.json") or {}
-        lab = cls(lab_id, int(meta.get("ues") or 1), qfi=int(meta.get("qfi") or 1), state_root=state_root)
+        lab = cls(lab_id, int(meta.get("ues") or 1), qfi=int(meta.get("qfi") or 1), state_root=state_root,
+                  sites=int(meta.get("sites") or 1),
+                  placement={int(k): int(v) for k, v in (meta.get("placement") or {}).items()})
         sessions = cls._read_json(lab.state_dir / "sessions.json") or {}
         lab.sessions = {int(k): v for k, v in sessions.items()}
         return lab

@@ -12,6 +12,10 @@ user plane. Session rules follow what Open5GS's SMF sends for a default QoS flow
   GTP-U/UDP/IPv4 (gNB TEID, gNB N3 address).
 - QER 1: gates open, QFI.
 - User ID with the IMSI (the sim has no N2, so this is where the tap learns the SUPI).
+
+A path switch (handover, TS 23.502 §4.9.1.2.2) is a Session Modification whose Update FAR 2
+carries the new gNB tunnel and PFCPSMReq-Flags with SNDEM (§8.2.58): the UPF sends End
+Markers on the old tunnel before it forwards on the new one.
 """
 
 from __future__ import annotations
@@ -217,17 +221,18 @@ def session_establishment_response(
 
 def session_modification_request(
     seq: int, *, up_seid: int, gnb_ip: str | None = None, gnb_teid: int | None = None, qfi: int | None = None,
+    end_marker: bool = False,
 ) -> bytes:
-    """Update the DL FAR's tunnel (a path switch) and/or the QER's QFI."""
+    """Update the DL FAR's tunnel and/or the QER's QFI; `end_marker` (a path switch) sets SNDEM."""
     ies: list[Packet] = []
     if gnb_ip is not None and gnb_teid is not None:
+        params: list[Packet] = [sp.IE_DestinationInterface(interface=IFACE_ACCESS), _ohc(gnb_ip, gnb_teid)]
+        if end_marker:
+            params.append(sp.IE_PFCPSMReqFlags(spare=0, QUARR=0, SNDEM=1, DROBU=0))
         ies.append(sp.IE_UpdateFAR(IE_list=[
             sp.IE_FAR_Id(id=FAR_DL),
             sp.IE_ApplyAction(spare=0, FORW=1),
-            sp.IE_UpdateForwardingParameters(IE_list=[
-                sp.IE_DestinationInterface(interface=IFACE_ACCESS),
-                _ohc(gnb_ip, gnb_teid),
-            ]),
+            sp.IE_UpdateForwardingParameters(IE_list=params),
         ]))
     if qfi is not None:
         ies.append(sp.IE_UpdateQER(IE_list=[

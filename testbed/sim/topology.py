@@ -11,6 +11,19 @@ lives inside its own namespace)::
                                     ogstun 10.45.0.1/16 (UPF's N6 side) ─ kernel routing
     mec<id>-dn     n6 10.200.0.10/.11/.53 ── N6 ── n6 10.200.0.1          mec<id>-upf
 
+With two MEC sites (``sites=2``, issue 18; docs/sim-sites.md) site 1 keeps every name and
+address above and site 2 adds ``mec<id>-gnb2`` and ``mec<id>-upf2`` (its own N3, N4, N6 and
+``ogstun`` with the 10.46.0.0/16 pool). N3, N4 and N6 then are LAN segments: Linux bridges
+in a switch namespace ``mec<id>-sw`` join the veths, so each gNB reaches each UPF, the one SMF
+reaches both UPFs from one address, and the DN is reachable from both UPFs' N6::
+
+    gnb  n3 .100.10 ─┐                 ┌─ n3 .100.20 upf  n4 .104.20 ─┐      ┌─ n6 10.200.0.1 upf
+    gnb2 n3 .100.11 ─┤ br-n3 (mec-sw)  ├─ n3 .100.21 upf2 n4 .104.21 ─┤br-n4 │  n6 10.200.0.2 upf2
+                     └─────────────────┘          smf n4 .104.10 ─────┘      └─ br-n6 ─ dn n6
+
+Inside the gNB and UPF namespaces the links keep their names (n3, n4, n6), so the tap
+listens on the same interfaces at either site.
+
 Teardown deletes every namespace named mec<id>-<role> of the lab, after
 killing whatever still runs inside it: a namespace (and its links) only goes away
 once no process or socket holds it.
@@ -25,10 +38,10 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.constants import UE_GATEWAY_V4, UE_POOL_V4, ue_ipv4
+from testbed.constants import SITE_UE_GATEWAYS_V4, SITE_UE_POOLS_V4, UE_GATEWAY_V4, UE_POOL_V4, site_ue_ipv4
 from testbed.sim.tun import in_netns
 
 # --- link subnets and DN addresses (the lead may move these to testbed/constants.py) ---
@@ -50,6 +63,20 @@ MQTT_HOST = "mqtt." + DN_DOMAIN
 SHOP_PORT = 80
 MQTT_BROKER_PORT = 1883
 
+# --- MEC sites (issue 18): site 1 is the addresses above, unchanged; site k's nodes below ---
+SITES = (1, 2)
+SITE_GNB_N3_IP = {1: GNB_N3_IP, 2: "192.168.100.11"}
+SITE_UPF_N3_IP = {1: UPF_N3_IP, 2: "192.168.100.21"}
+SITE_UPF_N4_IP = {1: UPF_N4_IP, 2: "192.168.104.21"}
+SITE_UPF_N6_IP = {1: UPF_N6_IP, 2: "10.200.0.2"}
+# TEID spaces kept apart per node, so a capture tells at a glance whose tunnel it is
+# (a receiver's TEIDs need only be unique at that receiver; this is for the reader)
+SITE_GNB_FIRST_DL_TEID = {1: 0x100, 2: 0x0200_0100}
+SITE_UPF_FIRST_TEID = {1: 0x1, 2: 0x0200_0001}
+# bridge FDB ageing (centiseconds): far beyond any lab's life, so a quiet station is never
+# forgotten and its unicast never flooded to the other site's capture
+BRIDGE_AGEING_CS = 864_000_000   # 100 days
+
 # --- names ---
 LAB_PREFIX = "mec"
 IF_N3 = "n3"
@@ -57,6 +84,18 @@ IF_N4 = "n4"
 IF_N6 = "n6"
 UPF_TUN = "ogstun"
 UPF_TUN_PREFIX_LEN = int(UE_POOL_V4.split("/")[1])
+SWITCH_ROLE = "sw"             # the namespace holding the N3/N4/N6 bridges (two-site labs)
+BRIDGES = ("br-n3", "br-n4", "br-n6")
+
+
+def site_role(kind: str, site: int) -> str:
+    """Namespace role of a site's gNB or UPF: gnb/upf for site 1 (today's names), gnb2/upf2, …"""
+    return kind if site == 1 else f"{kind}{site}"
+
+
+def switch_port(link: str, role: str) -> str:
+    """Name of a node's veth end inside the switch namespace: n3-gnb1, n3-upf2, n4-smf, n6-dn, …"""
+    return f"{link}-{role if role[-1].isdigit() or role in ('smf', 'dn') else role + '1'}"
 
 # --- MTU: the UE's packets must fit in one N3 frame once tunnelled ---
 N3_MTU = 1500
@@ -84,7 +123,7 @@ def ns_prefix(lab_id: str) -> str:
 
 
 def ns_name(lab_id: str, role: str) -> str:
-    """Namespace of a node: role is gnb, upf, smf, dn or ue<n>."""
+    """Namespace of a node: role is gnb, upf, smf, dn, ue<n>; gnb2, upf2 and sw in a two-site lab."""
     return ns_prefix(lab_id) + role
 
 
@@ -128,7 +167,7 @@ def list_netns() -> list[str]:
 
 def _ours(lab_id: str) -> re.Pattern[str]:
     # exact role names only: another tool's "mec<something>-…" namespace is never ours
-    return re.compile(re.escape(ns_prefix(lab_id)) + r"(gnb|upf|smf|dn|ue[0-9]+)$")
+    return re.compile(re.escape(ns_prefix(lab_id)) + r"(gnb[0-9]*|upf[0-9]*|smf|dn|sw|ue[0-9]+)$")
 
 
 def lab_netns(lab_id: str) -> list[str]:
@@ -187,11 +226,18 @@ def _alive(pid: int) -> bool:
 class Topology:
     lab_id: str
     ues: int
+    sites: int = 1
+    ue_sites: dict[int, int] = field(default_factory=dict)   # UE n -> the site it starts at (default 1)
 
     def __post_init__(self) -> None:
         check_lab_id(self.lab_id)
         if not 1 <= self.ues <= 1000:
             raise TopologyError(f"bad UE count {self.ues}: use 1..1000")
+        if self.sites not in SITES:
+            raise TopologyError(f"bad site count {self.sites}: use 1 or 2")
+        for n, site in self.ue_sites.items():
+            if not 1 <= n <= self.ues or not 1 <= site <= self.sites:
+                raise TopologyError(f"UE {n} cannot start at site {site} (UEs 1..{self.ues}, sites 1..{self.sites})")
 
     @property
     def gnb_ns(self) -> str:
@@ -209,11 +255,28 @@ class Topology:
     def dn_ns(self) -> str:
         return ns_name(self.lab_id, "dn")
 
+    @property
+    def switch_ns(self) -> str:
+        return ns_name(self.lab_id, SWITCH_ROLE)
+
+    def site_gnb_ns(self, site: int) -> str:
+        return ns_name(self.lab_id, site_role("gnb", site))
+
+    def site_upf_ns(self, site: int) -> str:
+        return ns_name(self.lab_id, site_role("upf", site))
+
+    def ue_site(self, n: int) -> int:
+        return self.ue_sites.get(n, 1)
+
     def ue_namespaces(self) -> list[str]:
         return [ue_ns(self.lab_id, n) for n in range(1, self.ues + 1)]
 
     def namespaces(self) -> list[str]:
-        return [self.gnb_ns, self.upf_ns, self.smf_ns, self.dn_ns, *self.ue_namespaces()]
+        if self.sites == 1:
+            return [self.gnb_ns, self.upf_ns, self.smf_ns, self.dn_ns, *self.ue_namespaces()]
+        sites = range(1, self.sites + 1)
+        return [*(self.site_gnb_ns(k) for k in sites), *(self.site_upf_ns(k) for k in sites),
+                self.smf_ns, self.dn_ns, self.switch_ns, *self.ue_namespaces()]
 
     def build(self) -> None:
         """Create everything. On error, raises; the caller tears down (teardown is idempotent)."""
@@ -222,6 +285,9 @@ class Topology:
             raise TopologyError(f"lab {self.lab_id} already exists ({existing[0]}): run `testbed sim down`")
         for ns in self.namespaces():
             _run(["ip", "netns", "add", ns])
+        if self.sites > 1:
+            self._build_sites()
+            return
         for ns in (self.gnb_ns, self.upf_ns, self.smf_ns, self.dn_ns):
             # no IPv6 on the core links: keeps N3/N4/N6 free of ND/MLD chatter
             _sysctl(ns, "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
@@ -263,18 +329,81 @@ class Topology:
             f"addr add {DNS_IP}/{N6_PREFIX_LEN} dev {IF_N6}",
             f"route add {UE_POOL_V4} via {UPF_N6_IP}",
         ])
+        self._build_ues()
+
+    def _build_ues(self) -> None:
+        # a two-site lab's UE TUNs are multi-queue: during a handover the target gNB attaches
+        # its queue before the source lets go of its own, so the radio has no gap
+        mq = " multi_queue" if self.sites > 1 else ""
         for n in range(1, self.ues + 1):
             ns, tun = ue_ns(self.lab_id, n), ue_tun(n)
             _ip_batch(ns, [
                 "link set lo up",
-                f"tuntap add {tun} mode tun",
+                f"tuntap add {tun} mode tun{mq}",
                 f"link set {tun} mtu {UE_MTU} up",
-                f"addr add {ue_ipv4(n)}/32 dev {tun}",
+                f"addr add {site_ue_ipv4(n, self.ue_site(n))}/32 dev {tun}",
                 f"route add default dev {tun}",
             ])
             etc = NETNS_ETC / ns
             etc.mkdir(parents=True, exist_ok=True)
             (etc / "resolv.conf").write_text(f"nameserver {DNS_IP}\nsearch {DN_DOMAIN}\n")
+
+    def _build_sites(self) -> None:
+        """Two MEC sites: N3, N4 and N6 are bridges in the switch namespace (see the module docstring)."""
+        sites = range(1, self.sites + 1)
+        gnbs = [(site_role("gnb", k), self.site_gnb_ns(k)) for k in sites]
+        upfs = [(site_role("upf", k), self.site_upf_ns(k)) for k in sites]
+        for _, ns in [*gnbs, *upfs, ("smf", self.smf_ns), ("dn", self.dn_ns), ("sw", self.switch_ns)]:
+            _sysctl(ns, "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+        for _, ns in upfs:
+            _sysctl(ns, "net.ipv4.ip_forward=1")
+        sw = self.switch_ns
+        _ip_batch(sw, ["link set lo up", *(f"link add {br} type bridge ageing_time {BRIDGE_AGEING_CS}"
+                                           for br in BRIDGES)])
+        ports: list[str] = []
+        for link, members in ((IF_N3, [*gnbs, *upfs]), (IF_N4, [("smf", self.smf_ns), *upfs]),
+                              (IF_N6, [("dn", self.dn_ns), *upfs])):
+            for role, ns in members:
+                port = switch_port(link, role)
+                _run(["ip", "link", "add", link, "netns", ns, "type", "veth", "peer", "name", port, "netns", sw])
+                mtu = f" mtu {N3_MTU}" if link == IF_N3 else ""
+                ports.append(f"link set {port}{mtu} master br-{link} up")
+        _ip_batch(sw, [*ports, *(f"link set {br} up" for br in BRIDGES)])
+        for k, (_, ns) in zip(sites, gnbs, strict=True):
+            _ip_batch(ns, [
+                "link set lo up",
+                f"link set {IF_N3} mtu {N3_MTU} up",
+                f"addr add {SITE_GNB_N3_IP[k]}/{N3_PREFIX_LEN} dev {IF_N3}",
+            ])
+        _ip_batch(self.smf_ns, [
+            "link set lo up",
+            f"link set {IF_N4} up",
+            f"addr add {SMF_N4_IP}/{N4_PREFIX_LEN} dev {IF_N4}",
+        ])
+        for k, (_, ns) in zip(sites, upfs, strict=True):
+            pool = SITE_UE_POOLS_V4[k]
+            _ip_batch(ns, [
+                "link set lo up",
+                f"link set {IF_N3} mtu {N3_MTU} up",
+                f"addr add {SITE_UPF_N3_IP[k]}/{N3_PREFIX_LEN} dev {IF_N3}",
+                f"link set {IF_N4} up",
+                f"addr add {SITE_UPF_N4_IP[k]}/{N4_PREFIX_LEN} dev {IF_N4}",
+                f"link set {IF_N6} up",
+                f"addr add {SITE_UPF_N6_IP[k]}/{N6_PREFIX_LEN} dev {IF_N6}",
+                f"tuntap add {UPF_TUN} mode tun",
+                f"link set {UPF_TUN} mtu {UE_MTU} up",
+                f"addr add {SITE_UE_GATEWAYS_V4[k]}/{pool.split('/')[1]} dev {UPF_TUN}",
+            ])
+        _ip_batch(self.dn_ns, [
+            "link set lo up",
+            f"link set {IF_N6} up",
+            f"addr add {SHOP_IP}/{N6_PREFIX_LEN} dev {IF_N6}",
+            f"addr add {MQTT_IP}/{N6_PREFIX_LEN} dev {IF_N6}",
+            f"addr add {DNS_IP}/{N6_PREFIX_LEN} dev {IF_N6}",
+            # each site's pool back through that site's UPF
+            *(f"route add {SITE_UE_POOLS_V4[k]} via {SITE_UPF_N6_IP[k]}" for k in sites),
+        ])
+        self._build_ues()
 
     def teardown(self) -> list[str]:
         return teardown_lab(self.lab_id)
@@ -306,3 +435,20 @@ def teardown_lab(lab_id: str) -> list[str]:
     if left:
         problems.append(f"namespaces still present: {', '.join(left)}")
     return problems
+
+
+# --- a UE's addresses during an SSC mode 3 move (the lab plays the UE's NAS here) ---
+
+def ue_use_address(lab_id: str, n: int, ip: str) -> None:
+    """Give UE n a new PDU session's address and make it the source of new traffic.
+
+    The old address stays on the TUN, so flows bound to it go on over the old session
+    until it is released (make-before-break).
+    """
+    _ip_batch(ue_ns(lab_id, n), [f"addr replace {ip}/32 dev {ue_tun(n)}",
+                                 f"route replace default dev {ue_tun(n)} src {ip}"])
+
+
+def ue_drop_address(lab_id: str, n: int, ip: str) -> None:
+    """The released PDU session's address goes away (its flows break, as with SSC mode 3)."""
+    _ip_batch(ue_ns(lab_id, n), [f"addr del {ip}/32 dev {ue_tun(n)}"])

@@ -5,6 +5,9 @@ header and goes into the `ogstun` TUN, from where the kernel routes it to N6.
 Downlink: a packet the kernel routes into `ogstun` (destination in the UE pool) is
 matched by UE IP to a downlink PDR and sent to the gNB with the FAR's outer header
 creation (gNB TEID and address) and the QER's QFI in a PDU Session Container.
+Path switch: a Session Modification that moves the DL FAR to another gNB tunnel with
+PFCPSMReq-Flags SNDEM makes the UPF send a GTP-U End Marker (TS 29.281 §7.3.2) on the old
+tunnel, before any packet goes on the new one (TS 23.502 §4.9.1.2.2, TS 23.501 §5.8.2.9).
 
 Run inside the UPF namespace: ``ip netns exec mec<id>-upf python -m testbed.sim.upf``.
 """
@@ -107,6 +110,13 @@ def parse_pdr(ie: Any) -> Pdr:
     return pdr
 
 
+def wants_end_marker(update_far: Any) -> bool:
+    """Update FAR whose Update Forwarding Parameters carry PFCPSMReq-Flags with SNDEM set."""
+    params = pfcp.first(update_far.IE_list, sp.IE_UpdateForwardingParameters)
+    flags = pfcp.first(params.IE_list, sp.IE_PFCPSMReqFlags) if params is not None else None
+    return bool(flags is not None and flags.SNDEM)
+
+
 def _apply_forwarding(far: Far, params: Any) -> None:
     if params is None:
         return
@@ -145,7 +155,7 @@ def parse_qer(ie: Any) -> tuple[int, int]:
 
 
 class Upf:
-    def __init__(self, n3_ip: str, n4_ip: str, tun_name: str) -> None:
+    def __init__(self, n3_ip: str, n4_ip: str, tun_name: str, first_teid: int = 1) -> None:
         self.n3_ip, self.n4_ip, self.tun_name = n3_ip, n4_ip, tun_name
         self.recovery_ts = int(time.time()) + NTP_EPOCH_OFFSET
         self.peers: set[str] = set()                 # associated CP node addresses
@@ -153,10 +163,11 @@ class Upf:
         self.by_teid: dict[int, tuple[Session, Pdr]] = {}
         self.by_ue_ip: dict[bytes, tuple[Session, Pdr]] = {}
         self.next_seid = 1
-        self.next_teid = 1
+        self.next_teid = first_teid
         self.counters: dict[str, int] = dict.fromkeys(
             ("pfcp_rx", "pfcp_bad", "ul_packets", "ul_bytes", "dl_packets", "dl_bytes",
-             "gtpu_bad", "ul_no_session", "ul_bad_source", "dl_no_session", "echo"), 0)
+             "gtpu_bad", "ul_no_session", "ul_bad_source", "dl_no_session", "echo", "end_marker_tx"), 0)
+        self.end_markers: list[dict[str, Any]] = []   # what was sent, for the lab and tests
         self.tun_fd = -1
         self.gtp: socket.socket | None = None
         self.pfcp_transport: asyncio.DatagramTransport | None = None
@@ -273,7 +284,11 @@ class Upf:
                     far = s.fars.get(_int(far_id)) if far_id is not None else None
                     if far is None:
                         raise RuleError(pfcp.CAUSE_MANDATORY_IE_INCORRECT, "Update FAR of unknown FAR")
+                    old = (far.ohc_teid, far.ohc_ip)
                     parse_far(ie, far)
+                    if wants_end_marker(ie) and old[0] is not None and old[1] is not None \
+                            and old != (far.ohc_teid, far.ohc_ip):
+                        self._send_end_marker(s, old[0], old[1])
                 elif isinstance(ie, sp.IE_UpdateQER | sp.IE_CreateQER):
                     qer_id, qfi = parse_qer(ie)
                     s.qers[qer_id] = qfi
@@ -282,6 +297,18 @@ class Upf:
             return pfcp.session_modification_response(seq, cp_seid=s.cp_seid, cause=e.cause)
         log.info("session %d modified: %s", s.up_seid, s.summary())
         return pfcp.session_modification_response(seq, cp_seid=s.cp_seid, cause=pfcp.CAUSE_ACCEPTED)
+
+    def _send_end_marker(self, s: Session, teid: int, gnb_ip: str) -> None:
+        """End Marker to the old gNB tunnel, now: the next DL packet of this session goes the new way."""
+        self.end_markers.append({"up_seid": s.up_seid, "teid": teid, "gnb_ip": gnb_ip, "time": time.time()})
+        if self.gtp is None:   # not running (unit tests drive handle_pfcp alone)
+            return
+        try:
+            self.gtp.sendto(gtpu.encode_end_marker(teid), (gnb_ip, GTPU_PORT))
+            self.counters["end_marker_tx"] += 1
+        except OSError as e:
+            log.warning("End Marker to %s: %s", gnb_ip, e)
+        log.info("session %d: End Marker on TEID 0x%x to %s", s.up_seid, teid, gnb_ip)
 
     def _remove(self, s: Session) -> None:
         self.sessions.pop(s.up_seid, None)
@@ -353,7 +380,7 @@ class Upf:
         if req.get("op") != "status":
             raise ValueError(f"unknown op {req.get('op')!r}")
         return {"peers": sorted(self.peers), "counters": self.counters,
-                "sessions": [s.summary() for s in self.sessions.values()]}
+                "sessions": [s.summary() for s in self.sessions.values()], "end_markers": self.end_markers}
 
     async def run(self, ctl_path: Path | None) -> None:
         loop = asyncio.get_running_loop()
@@ -398,11 +425,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n4", default=UPF_N4_IP, help="N4 address for PFCP (default %(default)s)")
     ap.add_argument("--tun", default=UPF_TUN, help="existing TUN device towards N6 (default %(default)s)")
     ap.add_argument("--ctl", type=Path, help="Unix socket for status queries")
+    ap.add_argument("--first-teid", type=lambda s: int(s, 0), default=1,
+                    help="first uplink F-TEID this UPF allocates (default %(default)s)")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        asyncio.run(Upf(args.n3, args.n4, args.tun).run(args.ctl))
+        asyncio.run(Upf(args.n3, args.n4, args.tun, args.first_teid).run(args.ctl))
     except OSError as e:
         print(f"upf: {e.strerror or e}", file=sys.stderr)
         return 1
