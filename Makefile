@@ -2,11 +2,11 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PKGS := tshark tcpreplay iproute2 dnsmasq-base mosquitto mosquitto-clients curl
+APT_PKGS := tshark tcpreplay iproute2 dnsmasq-base mosquitto mosquitto-clients curl gcc python3-dev  # gcc, headers: upf_tap/_walk.c
 
 .PHONY: setup sysdeps demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py upf_tap/_walk.c
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

@@ -52,6 +52,7 @@ DEFAULT_FLOW_IDLE_TIMEOUT = 120.0     # seconds without a packet
 DEFAULT_FLOW_HARD_TIMEOUT = 3600.0    # seconds since the first packet
 DEFAULT_MAX_FRAGMENT_SETS = 4096      # IP reassembly buffers kept at once
 FRAGMENT_TIMEOUT = 30.0               # seconds (RFC 791 suggests up to 15 s to 2 min)
+ACCEL_ENV = "UPF_TAP_ACCEL"         # 0: the Python walks even where the compiled one (upf_tap/_walk.c) is built
 LRU_TOUCH_NS = 1_000_000_000         # a flow's place in the LRU order is kept to this precision
 MAX_OOO_SEGMENTS = 64                 # out-of-order segments held per TCP direction
 UDP_QUIET_DATAGRAMS = 8               # datagrams in a row no dissector takes before a UDP direction is skipped

@@ -9,6 +9,11 @@ hold the same test on purpose: a function call per packet would cost more than t
 tests/tap/test_fast_path.py checks that each gives exactly what ``Tap.feed`` gives: the
 same events and the same counters.
 
+Where it is built, ``upf_tap._walk`` (``_walk.c``) runs the same three walks compiled, decision
+for decision; this module's walks stay the reference and the fallback (no compiler at install
+time, ``UPF_TAP_ACCEL=0``, or something the compiled walk hands back, such as a time stamp
+beyond 64 bits). tests/tap/test_accel.py checks that both give the same events and counters.
+
 This is the one module that knows both record layouts (:class:`PcapRun`, :class:`PcapngRun`
 in ``upf_tap.capture.pcapfile``) and the flow table's insides (its TCP table,
 ``skip``, ``lru``: each walk inlines ``FlowTable.touch``).
@@ -16,14 +21,25 @@ in ``upf_tap.capture.pcapfile``) and the flow table's insides (its TCP table,
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from upf_tap.capture.pcapfile import MAX_RECORD, PcapngRun, PcapRun
-from upf_tap.constants import IPPROTO_TCP, LRU_TOUCH_NS
+from upf_tap.constants import ACCEL_ENV, IPPROTO_TCP, LRU_TOUCH_NS
 from upf_tap.decode.link import LINKTYPE_ETHERNET
+
+ACCEL: ModuleType | None
+try:
+    from upf_tap import _walk as ACCEL  # type: ignore[attr-defined,no-redef]
+except ImportError:  # not built (no compiler at install time): the Python walks below
+    ACCEL = None
+if os.environ.get(ACCEL_ENV, "1") == "0":
+    ACCEL = None
+MAX_ACCEL_PORTS = 16  # GTP-U ports the compiled walk holds (MAX_PORTS in _walk.c)
 
 if TYPE_CHECKING:
     from upf_tap.pipeline import Tap
@@ -60,19 +76,93 @@ def _both_ports(gtpu_ports: frozenset[int]) -> frozenset[int]:
     return frozenset((a << 16) | b for a in gtpu_ports for b in gtpu_ports)
 
 
-def walk(tap: Tap, batches: Iterable[Batch | PcapRun | PcapngRun]) -> None:
+def walk(tap: Tap, batches: Iterable[Batch | PcapRun | PcapngRun], accel: bool = True) -> None:
     """Decode what ``capture.pcapfile.read_batches`` yields (``Tap.consume_batches``): batches
     ``(buf, [ts_ns, linktype, start, end, ...])``, or with ``runs=True`` :class:`PcapRun` /
     :class:`PcapngRun` chunks, whose records are walked here. No object is made per packet for
-    the bulk of the traffic."""
+    the bulk of the traffic. ``accel``: the compiled walks where they are built."""
+    if accel and ACCEL is not None and len(tap.gtpu_ports) <= MAX_ACCEL_PORTS:
+        wpcap, wpcapng, wbatch = walk_pcap_c, walk_pcapng_c, walk_batch_c
+    else:
+        wpcap, wpcapng, wbatch = walk_pcap, walk_pcapng, walk_batch
     for item in batches:
         if type(item) is PcapRun:
-            walk_pcap(tap, item)
+            wpcap(tap, item)
         elif type(item) is PcapngRun:
-            walk_pcapng(tap, item)
+            wpcapng(tap, item)
         else:
             buf, recs = item  # type: ignore[misc]
-            walk_batch(tap, buf, recs)
+            wbatch(tap, buf, recs)
+
+
+def _context(tap: Tap) -> tuple[Any, ...]:
+    """What the compiled walks read of the tap and its flow table (one tuple per chunk)."""
+    flows = tap.flows
+    return (flows.table(IPPROTO_TCP), flows.skip, flows.udp_skip, flows.lru.move_to_end, tap.feed_at, tap.expire,
+            tap, tap._tcp, tap._udp, tuple(tap.gtpu_ports), tap.cfg.flows, LRU_TOUCH_NS, tap.workers, tap.worker,
+            tap.next_expiry)
+
+
+def walk_pcap_c(tap: Tap, run: PcapRun) -> None:
+    """``walk_pcap`` compiled; the Python walk carries on where the compiled one hands back."""
+    if type(run.buf) is not bytes:
+        walk_pcap(tap, run)
+        return
+    assert ACCEL is not None
+    big = run.rec.__self__.format[0] in ">!"  # type: ignore[attr-defined]
+    min_fast = 98 if not tap.n6 and run.linktype == LINKTYPE_ETHERNET else MAX_RECORD
+    first = run.off
+    state: list[int] = [first, 0, tap.last_ns, 0, 0]  # offset, packets, ts_ns, done, bytes (pcapng)
+    try:
+        ACCEL.walk_pcap(_context(tap), state, run.buf, first, big, run.linktype, run.mul, run.limit, min_fast,
+                        tap.last_ns)
+    finally:
+        off, npk, ts_ns, done, _ = state
+        run.off = off
+        run.packets += npk
+        tap.packets += npk
+        tap.octets += off - first - 16 * npk
+        tap.last_ns = ts_ns
+    if not done:
+        walk_pcap(tap, run)
+
+
+def walk_pcapng_c(tap: Tap, run: PcapngRun) -> None:
+    """``walk_pcapng`` compiled; the Python walk carries on where the compiled one hands back."""
+    if type(run.buf) is not bytes:
+        walk_pcapng(tap, run)
+        return
+    assert ACCEL is not None
+    first = run.off
+    state: list[int] = [first, 0, tap.last_ns, 0, 0]
+    try:
+        ACCEL.walk_pcapng(_context(tap), state, run.buf, first, run.ifaces, tap.n6, tap.last_ns)
+    finally:
+        off, npk, ts_ns, done, nbytes = state
+        run.off = off
+        run.packets += npk
+        tap.packets += npk
+        tap.octets += nbytes
+        tap.last_ns = ts_ns
+    if not done:
+        walk_pcapng(tap, run)
+
+
+def walk_batch_c(tap: Tap, buf: bytes, recs: list[int]) -> None:
+    """``walk_batch`` compiled; the Python walk carries on where the compiled one hands back."""
+    if type(buf) is not bytes or type(recs) is not list:
+        walk_batch(tap, buf, recs)
+        return
+    assert ACCEL is not None
+    tap.packets += len(recs) >> 2
+    tap.octets += sum(recs[3::4]) - sum(recs[2::4])
+    state: list[int] = [0, 0, tap.last_ns, 0, 0]  # next packet, -, ts_ns, done, -
+    try:
+        ACCEL.walk_batch(_context(tap), state, buf, recs, not tap.n6, tap.last_ns)
+    finally:
+        tap.last_ns = state[2]
+    if not state[3]:
+        _walk_batch_from(tap, buf, recs, state[0])
 
 
 def walk_pcap(tap: Tap, run: PcapRun) -> None:
@@ -252,6 +342,13 @@ def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
 
 def walk_batch(tap: Tap, buf: bytes, recs: list[int]) -> None:
     """The packets of one batch (``read_batches``): the same fast test as ``walk_pcap``."""
+    tap.packets += len(recs) >> 2
+    tap.octets += sum(recs[3::4]) - sum(recs[2::4])
+    _walk_batch_from(tap, buf, recs, 0)
+
+
+def _walk_batch_from(tap: Tap, buf: bytes, recs: list[int], first: int) -> None:
+    """``walk_batch`` from packet ``first`` on (the counting is the caller's)."""
     fast, fast6, slow = _fast_n3, _fast_n3_v6, tap.feed_at
     flows = tap.flows
     flows_get, skip_get, udp_skip_get = flows.table(IPPROTO_TCP).get, flows.skip.get, flows.udp_skip.get
@@ -262,10 +359,8 @@ def walk_batch(tap: Tap, buf: bytes, recs: list[int]) -> None:
     count_flows = tap.cfg.flows
     next_expiry = tap.next_expiry
     workers, me = tap.workers, tap.worker
-    tap.packets += len(recs) >> 2
-    tap.octets += sum(recs[3::4]) - sum(recs[2::4])
     ts_ns = tap.last_ns
-    it = iter(recs)
+    it = iter(recs[4 * first :] if first else recs)
     try:
         for ts_ns, linktype, start, end in zip(it, it, it, it):  # noqa: B905 - always 4 per packet
             if ts_ns >= next_expiry:
