@@ -204,7 +204,7 @@ static int fast_one(Ctx *c, const unsigned char *f, long long flen, long long ts
             }
         }
         seg_len = itot - 20;
-    } else if ((ext_ip >> 4) == 6 && flen >= 118) { /* inner IPv6, TCP right after its header */
+    } else if ((ext_ip >> 4) == 6 && flen >= 118) { /* inner IPv6, TCP or UDP right after its header */
         long long plen = be16(f + 62);
         unsigned nh = f[64];
         const unsigned char *key = f + 66;
@@ -213,6 +213,10 @@ static int fast_one(Ctx *c, const unsigned char *f, long long flen, long long ts
         if (nh == 6 && flen - plen == 98 && !(tcp & 0x07) && tcp >= 0x5000 && plen >= tcp_end) {
             if (c->workers > 1 && owner_of(key, key + 16, 16, c->workers) != c->me) return 1;
             hit = lookup(plen == tcp_end ? c->tcp_get : c->skip, key, 36, &err);
+            seg_len = plen;
+        } else if (nh == 17 && flen - plen == 98) { /* UDP in IPv6: a direction gone quiet */
+            if (c->workers > 1 && owner_of(key, key + 16, 16, c->workers) != c->me) return 1;
+            hit = lookup(c->udp_skip, key, 36, &err);
             seg_len = plen;
         }
     }

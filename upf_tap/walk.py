@@ -217,7 +217,7 @@ def walk_pcap(tap: Tap, run: PcapRun) -> None:
                                 hit = (flows_get if itot == tcp_end else skip_get)(key)
                             elif iproto == 17:  # a UDP direction gone quiet (pipeline: UDP_QUIET_DATAGRAMS)
                                 hit = udp_skip_get(key)
-                    elif ext_ip >> 4 == 6 and incl >= 118:  # inner IPv6, TCP right after its header
+                    elif ext_ip >> 4 == 6 and incl >= 118:  # inner IPv6, TCP or UDP right after its header
                         plen, nh, key, tcp = fast6(buf, off)
                         if (nh == 6 and incl - plen == 98 and not tcp & 0x07 and tcp >= 0x5000
                                 and plen >= (tcp_end := (tcp >> 12) * 4)):
@@ -226,6 +226,12 @@ def walk_pcap(tap: Tap, run: PcapRun) -> None:
                                 continue  # another worker's flow (pipeline.owner)
                             hit = (flows_get if plen == tcp_end else skip_get)(key)
                             itot = plen + 20  # the counters below take itot - 20: the TCP segment's length
+                        elif nh == 17 and incl - plen == 98:  # UDP in IPv6: a direction gone quiet
+                            if workers > 1 and (int.from_bytes(key[:16], "big") ^ int.from_bytes(key[16:32], "big")) % workers != me:
+                                off = end
+                                continue  # another worker's flow (pipeline.owner)
+                            hit = udp_skip_get(key)
+                            itot = plen + 20
                     if hit is not None:
                         off = end
                         flow, idx = hit
@@ -309,7 +315,7 @@ def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
                                 hit = (flows_get if itot == tcp_end else skip_get)(key)
                             elif iproto == 17:  # a UDP direction gone quiet (pipeline: UDP_QUIET_DATAGRAMS)
                                 hit = udp_skip_get(key)
-                    elif ext_ip >> 4 == 6 and cap >= 118:  # inner IPv6, TCP right after its header
+                    elif ext_ip >> 4 == 6 and cap >= 118:  # inner IPv6, TCP or UDP right after its header
                         plen, nh, key, tcp = fast6(buf, off)
                         if (nh == 6 and cap - plen == 98 and not tcp & 0x07 and tcp >= 0x5000
                                 and plen >= (tcp_end := (tcp >> 12) * 4)):
@@ -318,6 +324,12 @@ def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
                                 continue  # another worker's flow (pipeline.owner)
                             hit = (flows_get if plen == tcp_end else skip_get)(key)
                             itot = plen + 20  # the counters below take itot - 20: the TCP segment's length
+                        elif nh == 17 and cap - plen == 98:  # UDP in IPv6: a direction gone quiet
+                            if workers > 1 and (int.from_bytes(key[:16], "big") ^ int.from_bytes(key[16:32], "big")) % workers != me:
+                                off = end
+                                continue  # another worker's flow (pipeline.owner)
+                            hit = udp_skip_get(key)
+                            itot = plen + 20
                     if hit is not None:
                         off = end
                         flow, idx = hit
@@ -383,7 +395,7 @@ def _walk_batch_from(tap: Tap, buf: bytes, recs: list[int], first: int) -> None:
                                 hit = (flows_get if itot == tcp_end else skip_get)(key)
                             elif iproto == 17:  # a UDP direction gone quiet (pipeline: UDP_QUIET_DATAGRAMS)
                                 hit = udp_skip_get(key)
-                    elif ext_ip >> 4 == 6 and flen >= 118:  # inner IPv6, TCP right after its header
+                    elif ext_ip >> 4 == 6 and flen >= 118:  # inner IPv6, TCP or UDP right after its header
                         plen, nh, key, tcp = fast6(buf, start)
                         if (nh == 6 and flen - plen == 98 and not tcp & 0x07 and tcp >= 0x5000
                                 and plen >= (tcp_end := (tcp >> 12) * 4)):
@@ -391,6 +403,11 @@ def _walk_batch_from(tap: Tap, buf: bytes, recs: list[int], first: int) -> None:
                                 continue  # another worker's flow (pipeline.owner)
                             hit = (flows_get if plen == tcp_end else skip_get)(key)
                             itot = plen + 20  # the counters below take itot - 20: the TCP segment's length
+                        elif nh == 17 and flen - plen == 98:  # UDP in IPv6: a direction gone quiet
+                            if workers > 1 and (int.from_bytes(key[:16], "big") ^ int.from_bytes(key[16:32], "big")) % workers != me:
+                                continue  # another worker's flow (pipeline.owner)
+                            hit = udp_skip_get(key)
+                            itot = plen + 20
                     if hit is not None:
                         flow, idx = hit
                         if ts_ns > flow.touch_at:
