@@ -1,4 +1,4 @@
-"""`testbed sim up / down / status`: the sim lab from the command line.
+"""`testbed sim up / down / status / handover / relocate`: the sim lab from the command line.
 
 The lead wires `add_sim_parser` into testbed/cli.py; `python -m testbed.sim` runs it alone.
 """
@@ -34,7 +34,8 @@ def _ues(text: str) -> int:
 def add_sim_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     """Add `sim` with its up/down/status sub-commands; dispatch with `run_sim(args)`."""
     sim = subparsers.add_parser("sim", help="the sim lab in network namespaces (root)",
-                                description="The sim lab: UEs, gNB, SMF, UPF and DN in Linux network namespaces.")
+                                description="The sim lab: UEs, gNB, SMF, UPF and DN in Linux network namespaces "
+                                            "(one or two MEC sites).")
     sub = sim.add_subparsers(dest="sim_cmd", required=True)
     up = sub.add_parser("up", help="build the lab and start one PDU session per UE")
     up.add_argument("--ues", type=_ues, default=DEFAULT_UES, help="number of UEs (default %(default)s)")
@@ -47,7 +48,16 @@ def add_sim_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     down.add_argument("--keep-state", action="store_true", help="keep logs in the state directory")
     st = sub.add_parser("status", help="what is up (exit 0 when the lab is up)")
     st.add_argument("--json", action="store_true", help="print the status as JSON")
-    for p in (up, down, st):
+    ho = sub.add_parser("handover", help="Xn/N2 handover of a UE to another gNB (two-site lab; same UPF)")
+    ho.add_argument("ue", type=_ues, help="UE number")
+    ho.add_argument("gnb", type=int, choices=(1, 2), help="target gNB")
+    rl = sub.add_parser("relocate", help="SSC mode 3 move of a UE to another site's UPF (new address)")
+    rl.add_argument("ue", type=_ues, help="UE number")
+    rl.add_argument("site", type=int, choices=(1, 2), help="target site")
+    rl.add_argument("--hold", type=float, default=0.0, help="seconds both sessions live (default %(default)s)")
+    for p in (ho, rl):
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+    for p in (up, down, st, ho, rl):
         p.add_argument("--lab-id", type=_lab_id, default=DEFAULT_LAB_ID,
                        help="lab id, prefixes namespaces as mec<id>-… (default %(default)s)")
         p.add_argument("--state-root", type=Path, default=STATE_ROOT, help=argparse.SUPPRESS)
@@ -63,6 +73,8 @@ def run_sim(args: argparse.Namespace) -> int:
             return _up(args)
         if args.sim_cmd == "down":
             return _down(args)
+        if args.sim_cmd in ("handover", "relocate"):
+            return _move(args)
         return _status(args)
     except (SimLabError, TopologyError) as e:
         print(f"testbed sim {args.sim_cmd}: {e}", file=sys.stderr)
@@ -76,8 +88,10 @@ def _up(args: argparse.Namespace) -> int:
     sites = f", {args.sites} sites" if args.sites > 1 else ""
     print(f"sim lab {args.lab_id} up: {args.ues} UE(s){sites}, state in {lab.state_dir}")
     for n, s in sorted(lab.sessions.items()):
+        at = f"  site {s['site']} gNB {s['gnb']}" if args.sites > 1 else ""
         print(f"  UE {n}: {s['supi']} {s['ue_ip']} on {lab.ue_netns(n)}/{lab.ue_tun(n)}  "
-              f"UL TEID 0x{s['ul_teid']:x} DL TEID 0x{s['dl_teid']:x} QFI {s['qfi']} SEID {s['cp_seid']}/{s['up_seid']}")
+              f"UL TEID 0x{s['ul_teid']:x} DL TEID 0x{s['dl_teid']:x} QFI {s['qfi']} SEID {s['cp_seid']}/{s['up_seid']}"
+              f"{at}")
     for k in range(1, args.sites + 1):
         tap = lab.tap_interfaces(k)
         where = f" site {k}" if args.sites > 1 else ""
@@ -102,6 +116,24 @@ def _down(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _move(args: argparse.Namespace) -> int:
+    if not (args.state_root / args.lab_id / "lab.json").exists():
+        print(f"testbed sim {args.sim_cmd}: sim lab {args.lab_id} is not up", file=sys.stderr)
+        return 1
+    lab = SimLab.attach(args.lab_id, args.state_root)
+    if args.sim_cmd == "handover":
+        res = lab.handover(args.ue, to_gnb=args.gnb)
+        text = (f"UE {args.ue}: gNB {res['from_gnb']} -> {res['gnb']}, DL TEID 0x{res['old_dl_teid']:x} -> "
+                f"0x{res['dl_teid']:x}, End Marker {'counted' if res['end_marker'] else 'NOT seen'} at gNB "
+                f"{res['from_gnb']}")
+    else:
+        res = lab.relocate(args.ue, to_site=args.site, hold=args.hold)
+        text = (f"UE {args.ue}: site {res['old']['site']} -> {res['site']}, {res['old']['ue_ip']} -> {res['ue_ip']}, "
+                f"PDU session {res['old']['pdu_session_id']} -> {res['pdu_session_id']}")
+    print(json.dumps(res, indent=1) if args.json else text)
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     st = SimLab.attach(args.lab_id, args.state_root).status()
     if args.json:
@@ -115,7 +147,9 @@ def _status(args: argparse.Namespace) -> int:
     for name, p in sorted(st["processes"].items()):
         print(f"  {name:<10} pid {p['pid']:<8} {'running' if p['alive'] else 'DEAD'}")
     for s in st["sessions"] or []:
-        print(f"  session UE {s['ue']} {s['ue_ip']} UL TEID 0x{s['ul_teid']:x} DL TEID 0x{s['dl_teid']:x} QFI {s['qfi']}")
+        at = f" site {s['site']}" if (st.get("sites") or 1) > 1 and "site" in s else ""
+        print(f"  session UE {s['ue']} {s['ue_ip']} UL TEID 0x{s['ul_teid']:x} DL TEID 0x{s['dl_teid']:x} QFI {s['qfi']}"
+              f"{at}")
     return 0 if st["up"] else 1
 
 

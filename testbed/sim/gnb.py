@@ -45,6 +45,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,7 @@ class Gnb:
         self.counters: dict[str, int] = dict.fromkeys(
             ("gtpu_bad", "dl_unknown_teid", "echo", "end_marker", "dl_after_handover"), 0)
         self.handed_over: dict[int, dict[str, Any]] = {}   # old DL TEID -> whose, until its End Marker
-        self.end_markers: list[dict[str, Any]] = []        # every End Marker received
+        self.end_markers: deque[dict[str, Any]] = deque(maxlen=gtpu.END_MARKER_LOG)   # the last ones received
         self.gtp: socket.socket | None = None
         self.impairment = Impairment()
         self._rng = random.Random(0x6E6)  # seeded: a run's faults can be replayed
@@ -370,7 +371,7 @@ class Gnb:
             return {"ok": True, "impairment": self.impairment.summary()}
         if op == "status":
             return {"n3": self.n3_ip, "counters": self.counters, "ues": [c.summary() for c in self.ues.values()],
-                    "impairment": self.impairment.summary(), "end_markers": self.end_markers,
+                    "impairment": self.impairment.summary(), "end_markers": list(self.end_markers),
                     "handed_over": [{"teid": k, **v} for k, v in self.handed_over.items()]}
         raise ValueError(f"unknown op {op!r}")
 

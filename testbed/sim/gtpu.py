@@ -28,6 +28,7 @@ _FLAGS_S = 0x32        # version 1, PT 1, S (sequence number present)
 _FLAGS_PLAIN = 0x30    # version 1, PT 1, no optional fields
 _RECOVERY_IE = 14
 MAX_DATAGRAM = 65535
+END_MARKER_LOG = 1000   # End Markers a gNB or UPF remembers for its status (a bench makes thousands of moves)
 
 
 class GtpuPacket(NamedTuple):

@@ -226,11 +226,11 @@ class SimLab:
         lets go), the SMF sends the UPF a PFCP Session Modification with the target's new DL
         F-TEID and SNDEM, the UPF sends an End Marker on the old tunnel to the source gNB,
         which counts it. Returns `serving(n)` plus "from_gnb", "old_dl_teid", "old_gnb_ip",
-        "end_marker" (the source counted it) and "radio_gap_s" (TUN switch time, both attached
+        "end_marker" (the source counted it) and "radio_overlap_s" (TUN switch time, both attached
         meanwhile, so nothing is dropped on the radio side).
         """
-        s = self._serving_session(n)
         self._check_site(to_gnb, what="gNB")
+        s = self._serving_session(n)
         src = int(s.get("gnb", 1))
         if src == to_gnb:
             raise SimLabError(f"UE {n} is on gNB {to_gnb} already")
@@ -251,7 +251,7 @@ class SimLab:
         self._write_sessions()
         seen = self._wait_end_marker(src_name, old_teid)
         return {**self.serving(n), "from_gnb": src, "old_dl_teid": old_teid, "old_gnb_ip": old_ip,
-                "end_marker": seen, "radio_gap_s": radio}
+                "end_marker": seen, "radio_overlap_s": radio}
 
     def relocate(self, n: int, to_site: int, *, hold: float = 0.0) -> dict[str, Any]:
         """Inter-site move, SSC mode 3 make-before-break (TS 23.502 §4.3.5.2): a new anchor UPF.
@@ -263,8 +263,8 @@ class SimLab:
         the old UPF and its address gone. Same SUPI. Returns `serving(n)` of the new session
         plus "old" (the released session) and "handover" (the handover's result, or None).
         """
-        s = self._serving_session(n)
         to_site = self._check_site(to_site)
+        s = self._serving_session(n)
         if int(s.get("site", 1)) == to_site:
             raise SimLabError(f"UE {n} is anchored at site {to_site} already")
         ho = self.handover(n, to_gnb=to_site) if int(s.get("gnb", 1)) != to_site else None
@@ -379,7 +379,8 @@ class SimLab:
         up = bool(namespaces) and bool(procs) and all(p["alive"] for p in procs.values())
         return {"lab_id": self.lab_id, "up": up, "ues": meta.get("ues"), "state_dir": str(self.state_dir),
                 "namespaces": namespaces, "processes": procs, "sessions": sessions,
-                "tap": self.tap_interfaces(), "sites": self.sites}
+                "tap": self.tap_interfaces(), "sites": self.sites,
+                "taps": {str(k): self.tap_interfaces(k) for k in self._site_range()}}
 
     def ue_ip(self, n: int) -> str:
         """UE n's address now: its serving session's (a relocation changes it), else the one it was built with."""

@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ class Upf:
         self.counters: dict[str, int] = dict.fromkeys(
             ("pfcp_rx", "pfcp_bad", "ul_packets", "ul_bytes", "dl_packets", "dl_bytes",
              "gtpu_bad", "ul_no_session", "ul_bad_source", "dl_no_session", "echo", "end_marker_tx"), 0)
-        self.end_markers: list[dict[str, Any]] = []   # what was sent, for the lab and tests
+        self.end_markers: deque[dict[str, Any]] = deque(maxlen=gtpu.END_MARKER_LOG)   # the last ones sent
         self.tun_fd = -1
         self.gtp: socket.socket | None = None
         self.pfcp_transport: asyncio.DatagramTransport | None = None
@@ -380,7 +381,7 @@ class Upf:
         if req.get("op") != "status":
             raise ValueError(f"unknown op {req.get('op')!r}")
         return {"peers": sorted(self.peers), "counters": self.counters,
-                "sessions": [s.summary() for s in self.sessions.values()], "end_markers": self.end_markers}
+                "sessions": [s.summary() for s in self.sessions.values()], "end_markers": list(self.end_markers)}
 
     async def run(self, ctl_path: Path | None) -> None:
         loop = asyncio.get_running_loop()
