@@ -14,7 +14,8 @@ The generated captures are made once and kept.
 
 Tools, each a process timed from start to exit (wall time; peak RSS from wait4, the process spawned
 by a small launcher so that the bench's own memory is not counted in it):
-  upf-tap      python -m upf_tap read --no-control FILE (and "upf-tap xN" with --workers N, for each N of
+  upf-tap      python -m upf_tap read --no-control FILE ("upf-tap py": the same with UPF_TAP_ACCEL=0, the
+               Python walk instead of the compiled one; and "upf-tap xN" with --workers N, for each N of
                --tap-workers, when `upf-tap read` has that option)
   tshark       one pass extracting HTTP requests, DNS queries and SNIs inside GTP-U (what the tap reports)
   ndpiReader   nDPI's reader, GTP tunnels dissected (-t), quiet (-q)
@@ -53,6 +54,8 @@ sys.path.insert(0, str(REPO))
 from testbed.corpus.oracle import ORACLE_FILTER, Key, Score  # noqa: E402
 from tests.support.n3_workload import generate, generate_mixed  # noqa: E402
 from tests.support.oracle import TSHARK, oracle_events, tap_keys  # noqa: E402
+from upf_tap.constants import ACCEL_ENV  # noqa: E402
+from upf_tap.walk import ACCEL  # noqa: E402
 
 WORKLOADS = ("bulk", "mixed", "real")
 PEERS = ("tshark", "ndpiReader", "nfstream")
@@ -137,6 +140,10 @@ def make_tools(tap_workers: list[int]) -> list[Tool]:
         return lambda cap: [sys.executable, "-m", "upf_tap", "read", "--no-control", *extra, str(cap)]
 
     tools = [Tool("upf-tap", tap([]))]
+    # the same tap with the compiled walk off (upf_tap/_walk.c): what the accelerator buys
+    py_only = ["/usr/bin/env", f"{ACCEL_ENV}=0"]
+    tools.append(Tool("upf-tap py", lambda cap: [*py_only, *tap([])(cap)],
+                      None if ACCEL is not None else "the compiled walk is not built: upf-tap is the Python walk already"))
     if tap_workers:
         why = None if tap_has_workers() else "`upf-tap read` has no --workers option (yet)"
         tools += [Tool(f"upf-tap x{n}", tap(["--workers", str(n)]), why) for n in tap_workers]
@@ -326,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {t.name}: events identical to single-process: {same_workers[t.name]}")
                 bad |= not same_workers[t.name]
         res["workers_identical"] = same_workers
+        if "upf-tap py" in w.outputs and "upf-tap" in w.outputs:
+            same = w.outputs["upf-tap py"].read_bytes() == w.outputs["upf-tap"].read_bytes()
+            res["python_walk_identical"] = same
+            print(f"  upf-tap py: output byte for byte the compiled walk's: {same}")
+            bad |= not same
         results[w.name] = res
 
     table = markdown(results, tools, args.rounds)

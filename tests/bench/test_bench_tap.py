@@ -28,7 +28,7 @@ def test_one_run_gives_every_workload_and_tool(tmp_path: Path, capsys: pytest.Ca
     res = json.loads(out.read_text())
     assert rc == 0 and res["ok"], printed[-3000:]
     assert res["rounds"] == 1 and res["format"] == "pcap"
-    assert {"upf-tap", "upf-tap x2", *PEERS} == set(res["tools"])
+    assert {"upf-tap", "upf-tap py", "upf-tap x2", *PEERS} == set(res["tools"])
     assert res["tools"]["upf-tap"]["skipped"] is None and res["tools"]["tshark"]["skipped"] is None
     assert set(res["workloads"]) == {"bulk", "mixed"}
     for name, w in res["workloads"].items():
@@ -45,6 +45,8 @@ def test_one_run_gives_every_workload_and_tool(tmp_path: Path, capsys: pytest.Ca
         ev = w["events"]
         assert ev["equal"] and ev["tap"] == ev["tshark"] == w["app_events"] > 0, name
         assert ev["score"]["all"]["recall"] == ev["score"]["all"]["precision"] == 1.0
+        if res["tools"]["upf-tap py"]["skipped"] is None:  # the Python walk: the same output, byte for byte
+            assert w["python_walk_identical"] is True
         if res["tools"]["upf-tap x2"]["skipped"] is None:
             assert w["workers_identical"] == {"upf-tap x2": True}
             assert "upf-tap x2: events identical to single-process: True" in printed
@@ -66,10 +68,11 @@ def test_missing_tools_and_corpus_are_skipped_with_the_reason(tmp_path: Path, mo
     res = json.loads(out.read_text())
     assert rc == 0
     assert "libndpi-bin" in res["tools"]["ndpiReader"]["skipped"] and res["tools"]["nfstream"]["skipped"]
-    assert set(res["workloads"]["bulk"]["tools"]) == {"upf-tap", "tshark"}
+    taps = ["upf-tap", "upf-tap py"] if res["tools"]["upf-tap py"]["skipped"] is None else ["upf-tap"]
+    assert set(res["workloads"]["bulk"]["tools"]) == {*taps, "tshark"}
     assert "MEC_CORPUS" in res["workloads"]["real"]["skipped"]
     printed = capsys.readouterr().out
-    assert "| workload | packets | app events | upf-tap | tshark |" in printed and "\n| real | – |" in printed
+    assert f"| workload | packets | app events | {' | '.join(taps)} | tshark |" in printed and "\n| real | – |" in printed
     # a corpus directory without all.pcap: skipped too, never an error
     rc = bench_tap.main(["--packets", "2000", "--rounds", "1", "--workloads", "real", "--corpus", str(tmp_path),
                          "--json", str(out), "--out", str(tmp_path)])
