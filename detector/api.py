@@ -6,6 +6,7 @@ POST /v1/events        AppEvents as NDJSON (or one JSON object / array), Bearer 
 POST / , /v1/cloudevents   one CloudEvent (binary or structured), relayed to the sink
 GET  /healthz /readyz /metrics   probes and Prometheus text (no token)
 GET  /v1/sources  /v1/deadletters   (token)
+GET  /v1/mobility/ues/{ue}   where a UE is served, for the other MEC sites' detectors (token; detector/mobility.py)
 GET  /openapi.json     the OpenAPI 3.1 description of all of these (detector/openapi.yaml)
 POST/PATCH/DELETE /nupf-ee/v1/ee-subscriptions[/{id}]   Nupf_EventExposure (detector/exposure, token)
 
@@ -29,6 +30,7 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
 from detector.exposure import api as exposure_api
 from detector.metrics import CONTENT_TYPE
+from detector.mobility import KEY_LIMIT, PEER_ROUTE
 from detector.openapi import OPENAPI_PATH, document_bytes
 from detector.service import Batch, Detector, first_line
 
@@ -181,6 +183,7 @@ async def post_events(request: web.Request) -> web.Response:
     if isinstance(body, web.Response):
         return body
     b = Batch()
+    await det.prefetch(body, request.content_type == JSON_TYPE, b)   # mobility: ask the peers first
     parse = det.process_json if request.content_type == JSON_TYPE else det.process_lines
     accepted, dup, rejected = parse(body, b)
     refused = await _persist(det, b)
@@ -255,6 +258,20 @@ async def get_deadletters(request: web.Request) -> web.Response:
     return _json(200, {"deadletters": rows})
 
 
+@_token_required
+async def get_mobility_ue(request: web.Request) -> web.Response:
+    """Where this detector last saw a UE (by SUPI or UE IP) and its recent CloudEvent types: what
+    another site's detector asks when the UE shows up there (docs/detector.md, Mobility)."""
+    det = request.app[DETECTOR_KEY]
+    if det.mobility is None:
+        return _json(404, {"error": "mobility is not configured on this detector"})
+    key = request.match_info["ue"]
+    view = det.mobility.view(key) if 0 < len(key) <= KEY_LIMIT else None
+    if view is None:
+        return _json(404, {"error": "unknown UE"})
+    return _json(200, view)
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=document_bytes(), content_type="application/json")
 
@@ -280,7 +297,7 @@ POSTS: tuple[tuple[str, Handler], ...] = (("/v1/events", post_events), ("/", pos
                                           ("/v1/cloudevents", post_cloudevent))
 GETS: tuple[tuple[str, Handler], ...] = (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics),
                                          ("/v1/sources", get_sources), ("/v1/deadletters", get_deadletters),
-                                         (OPENAPI_PATH, openapi))
+                                         (PEER_ROUTE, get_mobility_ue), (OPENAPI_PATH, openapi))
 
 
 def make_app(det: Detector) -> web.Application:

@@ -88,6 +88,9 @@ def run_check_rules(args: argparse.Namespace) -> int:
             extra.append("creates source")
         print(f"{r.name}: {what}" + (f" ({', '.join(extra)})" if extra else ""))
     print(f"unmatched: {rs.unmatched}; sources idle timeout {rs.idle_timeout:g}s")
+    if rs.prewarm is not None:
+        print(f"prewarm: {'on' if rs.prewarm.enabled else 'off'}, window {rs.prewarm.window:g}s "
+              "(overrides the config's mobility.prewarm)")
     return 0
 
 

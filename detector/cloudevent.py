@@ -1,7 +1,8 @@
 """CloudEvents the detector emits (Contract 2), built with the cloudevents SDK 2.x.
 
 `EventBuilder` makes every CloudEvent the detector sends: a rule's emission for an AppEvent,
-the source lifecycle events (mec.source.created / mec.source.expired) and relayed CloudEvents;
+the source lifecycle events (mec.source.created / mec.source.expired), the mobility ones
+(mec.ue.moved and the warm-ups of detector/mobility.py) and relayed CloudEvents;
 K_CE_OVERRIDES are applied here. `to_http` encodes one for the outbox (binary or structured).
 
 `id` is blake2b(AppEvent id, rule) so a redelivery or a replay carries the same id; `time` is
@@ -38,6 +39,7 @@ from mec_common.tracing import (
 )
 
 if TYPE_CHECKING:
+    from detector.mobility import Move, Recent
     from detector.rules import Rule
     from detector.sources import Source
 
@@ -226,6 +228,35 @@ class EventBuilder:
         cid = ce_id(f"{src.source}|{src.created!r}", "source.expired")
         return build(id=cid, source=src.source, type="mec.source.expired", time=datetime.fromtimestamp(now, UTC),
                      subject=src.key, data=data, extensions=self._lifecycle_ext(src.ue, src.rule, None, cid, cid))
+
+    def ue_moved(self, move: Move, ev: dict[str, Any], t: datetime, source: str) -> CloudEvent:
+        """mec.ue.moved: the AppEvent `ev` (captured at `t`) showed the UE at a new serving gNB.
+        The id comes from the AppEvent, so a re-sent or replayed one gives the same move."""
+        from detector.mobility import MOVED_RULE, MOVED_TYPE
+
+        cid = ce_id(ev["id"], MOVED_RULE)
+        ext = self._lifecycle_ext({**(ev.get("ue") or {}), **move.ue}, MOVED_RULE, app_event_trace(ev),
+                                  ev["id"], cid)
+        for name, end in (("fromsite", move.frm), ("tosite", move.to)):   # for Trigger filters
+            if end is not None and end.get("site"):
+                ext[name] = end["site"]
+        return build(id=cid, source=source, type=MOVED_TYPE, time=t, subject=move.key, data=move.data(),
+                     extensions=ext)
+
+    def warmup(self, move: Move, type_: str, recent: Recent, ev: dict[str, Any], t: datetime,
+               source: str) -> CloudEvent:
+        """A warm-up of `type_` for the move's target site: the UE's last CloudEvent of that type's
+        subject and extensions (so the same Triggers pass it), `mecwarmup: "true"`, no payload."""
+        from detector.mobility import WARMUP_EXTENSION, WARMUP_VALUE
+
+        started_ns = time.time_ns()
+        cid = ce_id(ev["id"], f"warmup|{type_}")
+        ext = dict(recent.extensions)
+        ext[WARMUP_EXTENSION] = WARMUP_VALUE
+        self._traced(ext, app_event_trace(ev), ev["id"], cid, started_ns)
+        ext.update(self.overrides)
+        return build(id=cid, source=source, type=type_, time=t, subject=recent.subject,
+                     data={"warmup": True, "ue": move.ue}, extensions=ext)
 
     def relay(self, ce: BaseCloudEvent) -> CloudEvent:
         """A CloudEvent from another source, as it came plus the overrides; its trace context (or a new

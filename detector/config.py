@@ -13,11 +13,14 @@ import socket
 import ssl
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mec_common.net import parse_host_port
+
+if TYPE_CHECKING:
+    from detector.mobility import MobilityConfig
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
 DEFAULT_STATE_DIR = "/var/lib/detector"
@@ -77,6 +80,8 @@ class Config:
     sweep_interval: float = 1.0       # source expiry check
     tls_cert: str | None = None       # PEM certificate chain: with tls_key, ingest is served over HTTPS
     tls_key: str | None = None        # PEM private key (unencrypted) of tls_cert
+    mobility: MobilityConfig | None = None   # two MEC sites (detector/mobility.py); None: one sink, as ever
+    mobility_spec: Any = field(default=None, repr=False)   # the `mobility:` section as read, parsed by finish
 
 
 _INT_KEYS = {"max_body_bytes", "concurrency", "max_attempts", "dedupe_window", "max_pending"}
@@ -98,11 +103,13 @@ def apply_file(cfg: Config, path: str) -> None:
         return
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: expected a mapping at the top level")
-    known = {f.name for f in fields(Config)} - {"token", "overrides", "insecure_no_token"}
+    known = {f.name for f in fields(Config)} - {"token", "overrides", "insecure_no_token", "mobility_spec"}
     for key, value in data.items():
         where = f"config {path}: {key}"
         if key == "token_file":
             cfg.token = read_token_file(str(value))
+        elif key == "mobility":
+            cfg.mobility_spec = value   # parsed with the environment's DETECTOR_SITE / DETECTOR_PEERS
         elif key in ("structured", "ingest_time"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}: expected true or false")
@@ -228,10 +235,42 @@ def _finish_tls(cfg: Config, env: dict[str, str]) -> None:
         server_ssl_context(cfg.tls_cert, cfg.tls_key)   # fail at start, not at the first connection
 
 
+def _finish_mobility(cfg: Config, env: dict[str, str]) -> None:
+    """The `mobility` section: from the config file, else $DETECTOR_MOBILITY (YAML or JSON text);
+    $DETECTOR_SITE and $DETECTOR_PEERS (comma- or space-separated URLs) fill `site` and `peers`
+    when the section leaves them out. No section and no variable: one sink, as without mobility."""
+    from detector.mobility import parse_mobility
+
+    spec = cfg.mobility_spec
+    where = "config: mobility"
+    if spec is None and env.get("DETECTOR_MOBILITY"):
+        where = "DETECTOR_MOBILITY"
+        try:
+            spec = yaml.safe_load(env["DETECTOR_MOBILITY"])
+        except yaml.YAMLError as e:
+            raise ConfigError(f"DETECTOR_MOBILITY: bad YAML: {str(e).splitlines()[0]}") from None
+    if spec is None:
+        if env.get("DETECTOR_SITE") or env.get("DETECTOR_PEERS"):
+            raise ConfigError("DETECTOR_SITE / DETECTOR_PEERS need a mobility section "
+                              "(`mobility:` in the config file or $DETECTOR_MOBILITY)")
+        return
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        if "site" not in spec and env.get("DETECTOR_SITE"):
+            spec["site"] = env["DETECTOR_SITE"]
+        if "peers" not in spec and env.get("DETECTOR_PEERS"):
+            spec["peers"] = env["DETECTOR_PEERS"]
+    cfg.mobility = parse_mobility(spec, where)
+
+
 def finish(cfg: Config, env: dict[str, str]) -> Config:
     """Fill what the environment gives and check the whole; raises ConfigError."""
+    if cfg.mobility is None:
+        _finish_mobility(cfg, env)
     if not cfg.sink:
         cfg.sink = env.get("K_SINK") or None
+    if not cfg.sink and cfg.mobility is not None:
+        cfg.sink = cfg.mobility.sites[cfg.mobility.site].sink   # the own site's broker is the default sink
     if not cfg.sink:
         raise ConfigError("no sink: set K_SINK or pass --sink URL (or `sink:` in the config file)")
     if not cfg.sink.startswith(("http://", "https://")):

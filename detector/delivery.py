@@ -10,6 +10,9 @@ dead-letter table with the status and body.
 
 `DeliveryClient` is the interface the detector is given (`Delivery` is the real one; tests may
 pass another): it reports each outcome through the `ack` and `dead` callbacks of `start`.
+`SiteDelivery` (mobility, two MEC sites) is one `Delivery` per site's sink behind the same
+interface: each row goes to the queue its `dest` names, so a site whose broker is down holds its
+own rows back (retried as ever) while the others flow.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from detector.metrics import Metrics
 from detector.outbox import Row
 from mec_common.http import is_retryable
 
-__all__ = ["Delivery", "DeliveryClient", "backoff_delay", "is_retryable", "retry_after_seconds"]
+__all__ = ["Delivery", "DeliveryClient", "SiteDelivery", "backoff_delay", "is_retryable", "retry_after_seconds"]
 
 log = logging.getLogger("detector.delivery")
 RESPONSE_CAP = 2048
@@ -77,12 +80,23 @@ async def _no_dead(row: Row, status: int | None, body: bytes, reason: str) -> No
 
 
 class DeliveryClient(Protocol):
-    """What the detector needs from a delivery client."""
+    """What the detector needs from a delivery client (read-only: plain attributes will do)."""
 
-    pending: int           # rows enqueued and not yet acked or dead-lettered
-    inflight: int          # POSTs in flight
-    attempted: bool        # any POST tried yet
-    sink_answered: bool    # the sink gave an HTTP answer at least once
+    @property
+    def pending(self) -> int:
+        """Rows enqueued and not yet acked or dead-lettered."""
+
+    @property
+    def inflight(self) -> int:
+        """POSTs in flight."""
+
+    @property
+    def attempted(self) -> bool:
+        """Any POST tried yet."""
+
+    @property
+    def sink_answered(self) -> bool:
+        """The sink gave an HTTP answer at least once."""
 
     async def start(self, ack: AckFn, dead: DeadFn) -> None:
         """Start delivering; report each row's outcome through `ack` or `dead`."""
@@ -233,3 +247,64 @@ class Delivery:
             return None, b"", None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         finally:
             self.inflight -= 1
+
+
+class SiteDelivery:
+    """One `Delivery` per MEC site's sink (mobility): rows go to the client their `dest` names
+    ("" or an unknown site: the default one). Readiness follows the default sink only: a peer
+    site's broker being down must not stop this site's ingest; its rows wait, durable, and are
+    retried."""
+
+    def __init__(self, clients: dict[str, Delivery], default: str) -> None:
+        self.clients = clients
+        self.default = default
+        self._unknown: set[str] = set()
+
+    @classmethod
+    def from_config(cls, cfg: Config, metrics: Metrics) -> SiteDelivery:
+        assert cfg.mobility is not None and cfg.sink
+        clients = {}
+        for site, url in cfg.mobility.sinks(cfg.sink).items():
+            one = Delivery.from_config(cfg, metrics)
+            one.sink = url
+            clients[site] = one
+        return cls(clients, cfg.mobility.site)
+
+    def site_pending(self) -> dict[str, float]:
+        return {site: float(c.pending) for site, c in self.clients.items()}
+
+    @property
+    def pending(self) -> int:
+        return sum(c.pending for c in self.clients.values())
+
+    @property
+    def inflight(self) -> int:
+        return sum(c.inflight for c in self.clients.values())
+
+    @property
+    def attempted(self) -> bool:
+        return self.clients[self.default].attempted
+
+    @property
+    def sink_answered(self) -> bool:
+        return self.clients[self.default].sink_answered
+
+    async def start(self, ack: AckFn, dead: DeadFn) -> None:
+        for c in self.clients.values():
+            await c.start(ack, dead)
+
+    def enqueue(self, rows: list[Row], t0: float | None = None) -> None:
+        by_dest: dict[str, list[Row]] = {}
+        for row in rows:
+            dest = row.dest or self.default
+            if dest not in self.clients:
+                if dest not in self._unknown:   # e.g. a site renamed across a restart: not lost, sent home
+                    log.warning("CloudEvents for unknown site %r go to the default sink", dest)
+                    self._unknown.add(dest)
+                dest = self.default
+            by_dest.setdefault(dest, []).append(row)
+        for dest, part in by_dest.items():
+            self.clients[dest].enqueue(part, t0)
+
+    async def stop(self, drain_timeout: float) -> None:
+        await asyncio.gather(*(c.stop(drain_timeout) for c in self.clients.values()))

@@ -45,6 +45,16 @@ COUNTERS = (
     ("detector_dead_lettered_total", "CloudEvents moved to the dead-letter table", "dead_lettered"),
     ("detector_sources_created_total", "UE sources created", "sources_created"),
     ("detector_sources_expired_total", "UE sources expired", "sources_expired"),
+    ("detector_ue_moved_from_unknown_total", "mec.ue.moved events whose `from` is null: no peer answered",
+     "moved_from_unknown"),
+)
+# (exposed name, help, label, Metrics attribute): counters with one label, value per label value
+LABELLED = (
+    ("detector_ue_moved_total", "mec.ue.moved events emitted, by procedure", "procedure", "moved"),
+    ("detector_routed_total", "CloudEvents written for a site's sink (mobility), by site", "site", "routed"),
+    ("detector_prewarm_sent_total", "warm-up CloudEvents written for a site's sink, by site", "site", "prewarm_sent"),
+    ("detector_peer_lookups_total", "peer lookups of a UE at its session.up, by outcome (found, unknown, unanswered)",
+     "outcome", "peer_lookups"),
 )
 
 
@@ -95,20 +105,45 @@ class Metrics(Collector):
         self.dead_lettered = 0
         self.sources_created = 0
         self.sources_expired = 0
+        self.moved_from_unknown = 0   # mec.ue.moved with from: null (no peer answered)
+        self.moved: dict[str, int] = {}          # procedure -> mec.ue.moved emitted
+        self.routed: dict[str, int] = {}         # site -> CloudEvents for its sink
+        self.prewarm_sent: dict[str, int] = {}   # site -> warm-ups for its sink
+        self.peer_lookups: dict[str, int] = {}   # outcome -> lookups
         self.latency = Histogram()
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        # labelled gauges: name -> (help, label, fn returning label value -> value)
+        self.labelled_gauges: dict[str, tuple[str, str, Callable[[], dict[str, float]]]] = {}
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
     def gauge(self, name: str, help_text: str, fn: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, fn)
 
+    def labelled_gauge(self, name: str, help_text: str, label: str, fn: Callable[[], dict[str, float]]) -> None:
+        self.labelled_gauges[name] = (help_text, label, fn)
+
+    @staticmethod
+    def inc(counter: dict[str, int], label: str, n: int = 1) -> None:
+        """Bump a labelled counter (one of the LABELLED attributes)."""
+        counter[label] = counter.get(label, 0) + n
+
     def collect(self) -> Iterator[Metric]:
         """The prometheus_client collector protocol: every metric, as of now."""
         for name, help_text, attr in COUNTERS:
             yield CounterMetricFamily(name, help_text, value=getattr(self, attr))
+        for name, help_text, label, attr in LABELLED:
+            c = CounterMetricFamily(name, help_text, labels=[label])
+            for value, n in sorted(getattr(self, attr).items()):
+                c.add_metric([value], n)
+            yield c
         for name, (help_text, fn) in self.gauges.items():
             yield GaugeMetricFamily(name, help_text, value=fn())
+        for name, (help_text, label, lfn) in self.labelled_gauges.items():
+            g = GaugeMetricFamily(name, help_text, labels=[label])
+            for value, v in sorted(lfn().items()):
+                g.add_metric([value], v)
+            yield g
         yield self.latency.family(LATENCY_NAME, LATENCY_HELP)
 
     def render(self) -> bytes:

@@ -35,6 +35,10 @@ CREATE TABLE IF NOT EXISTS dead_letter (
   reason TEXT NOT NULL,
   at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ue_locations (
+  key TEXT PRIMARY KEY,           -- mobility: the UE (SUPI, else IP)
+  state TEXT NOT NULL             -- JSON (detector/mobility.py UeState.dump)
+);
 CREATE TABLE IF NOT EXISTS sources (
   key TEXT PRIMARY KEY,
   source TEXT NOT NULL,
@@ -45,6 +49,9 @@ CREATE TABLE IF NOT EXISTS sources (
 );
 """
 RESPONSE_CAP = 2048
+# columns added after the first release: (table, column, declaration), added to older outboxes at open
+_ADDED_COLUMNS = (("outbox", "dest", "TEXT NOT NULL DEFAULT ''"),       # the site whose sink takes the row
+                  ("dead_letter", "dest", "TEXT NOT NULL DEFAULT ''"))  # ('' : the default sink)
 
 
 class OutboxError(RuntimeError):
@@ -67,6 +74,7 @@ class Row:
     headers: dict[str, str]
     body: bytes
     headers_json: str = ""   # the headers as stored (made on the event loop, not on the DB thread)
+    dest: str = ""           # the site whose sink takes it (mobility); "": the default sink
 
 
 class Outbox:
@@ -92,6 +100,10 @@ class Outbox:
             # commit never waits for the WAL to be copied back; this is only the backstop
             self.db.execute("PRAGMA wal_autocheckpoint=20000")
             self.db.executescript(_SCHEMA)
+            for table, column, decl in _ADDED_COLUMNS:
+                have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         except sqlite3.DatabaseError as e:
             os.close(self._lock_fd)
             raise OutboxError(f"outbox {path}: {e}") from None
@@ -126,23 +138,25 @@ class Outbox:
         return max(a, b)
 
     def pending(self) -> list[Row]:
-        cur = self.db.execute("SELECT seq, id, ue, headers, body FROM outbox ORDER BY seq")
-        return [Row(s, i, u, json.loads(h), bytes(b), h) for s, i, u, h, b in cur]
+        cur = self.db.execute("SELECT seq, id, ue, headers, body, dest FROM outbox ORDER BY seq")
+        return [Row(s, i, u, json.loads(h), bytes(b), h, d) for s, i, u, h, b, d in cur]
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
     def commit(self, rows: list[Row], upsert_sources: list[dict[str, Any]] = (),  # type: ignore[assignment]
-               delete_sources: list[str] = ()) -> None:  # type: ignore[assignment]
-        """One transaction: new CloudEvents plus source-table changes. Durable on return."""
+               delete_sources: list[str] = (),  # type: ignore[assignment]
+               locations: list[tuple[str, str | None]] = ()) -> None:  # type: ignore[assignment]
+        """One transaction: new CloudEvents plus source-table and UE-location changes (`locations`:
+        (key, state JSON), None deletes). Durable on return."""
         now = time.time()
         db = self.db
         self._durable(bool(rows))
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
-                "INSERT INTO outbox(seq, id, ue, headers, body, created) VALUES (?,?,?,?,?,?)",
-                [(r.seq, r.id, r.ue, r.headers_json or json.dumps(r.headers), r.body, now) for r in rows])
+                "INSERT INTO outbox(seq, id, ue, headers, body, created, dest) VALUES (?,?,?,?,?,?,?)",
+                [(r.seq, r.id, r.ue, r.headers_json or json.dumps(r.headers), r.body, now, r.dest) for r in rows])
             if upsert_sources:
                 db.executemany(
                     "INSERT INTO sources(key, source, created, last_seen, rule, ue) VALUES (?,?,?,?,?,?) "
@@ -151,6 +165,11 @@ class Outbox:
                      for s in upsert_sources])
             if delete_sources:
                 db.executemany("DELETE FROM sources WHERE key=?", [(k,) for k in delete_sources])
+            if locations:
+                db.executemany("INSERT INTO ue_locations(key, state) VALUES (?,?) "
+                               "ON CONFLICT(key) DO UPDATE SET state=excluded.state",
+                               [(k, v) for k, v in locations if v is not None])
+                db.executemany("DELETE FROM ue_locations WHERE key=?", [(k,) for k, v in locations if v is None])
             db.execute("COMMIT")
         except BaseException:
             _rollback(db)
@@ -173,10 +192,10 @@ class Outbox:
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute(
-                "INSERT OR REPLACE INTO dead_letter(seq, id, ue, headers, body, status, response, reason, at) "
-                "VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO dead_letter(seq, id, ue, headers, body, status, response, reason, at, dest) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (row.seq, row.id, row.ue, json.dumps(row.headers), row.body, status,
-                 response[:RESPONSE_CAP].decode("utf-8", "replace"), reason, time.time()))
+                 response[:RESPONSE_CAP].decode("utf-8", "replace"), reason, time.time(), row.dest))
             db.execute("DELETE FROM outbox WHERE seq=?", (row.seq,))
             db.execute("COMMIT")
         except BaseException:
@@ -190,6 +209,10 @@ class Outbox:
 
     def dead_letter_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]
+
+    def locations(self) -> list[tuple[str, str]]:
+        """The mobility table as stored: (key, state JSON)."""
+        return [(k, v) for k, v in self.db.execute("SELECT key, state FROM ue_locations")]
 
     def sources(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT key, source, created, last_seen, rule, ue FROM sources")

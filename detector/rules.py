@@ -3,6 +3,7 @@
 A rule file:
 
     unmatched: default          # default: events no rule matches get the default mapping; drop: nothing
+    prewarm: {enabled: true, window: 5m}   # mobility: warm the UE's functions up at its new site
     sources:
       create_on: [buy-click]    # a UE's source is created when one of these rules first matches it
       idle_timeout: 5m
@@ -37,6 +38,7 @@ from typing import Any
 import yaml
 
 from detector.config import EXT_NAME, RESERVED_ATTRS, ConfigError, parse_duration
+from detector.mobility import Prewarm, parse_prewarm
 from detector.templates import Template, TemplateError, compile_tree
 
 Test = Callable[[Any], bool]
@@ -229,8 +231,9 @@ class Outcome:
 
 class RuleSet:
     def __init__(self, rules: list[Rule], unmatched: str = "default", create_on: frozenset[str] = frozenset(),
-                 idle_timeout: float = 300.0, required: bool = False) -> None:
+                 idle_timeout: float = 300.0, required: bool = False, prewarm: Prewarm | None = None) -> None:
         self.rules = rules
+        self.prewarm = prewarm      # None: the detector config's mobility.prewarm applies
         self.unmatched = unmatched
         self.create_on = create_on
         self.idle_timeout = idle_timeout
@@ -314,9 +317,9 @@ def parse_rules(data: Any, where: str = "rules") -> RuleSet:
         return default_ruleset()
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with `rules:` (and optional `sources:`, `unmatched:`)")
-    extra = set(data) - {"rules", "sources", "unmatched"}
+    extra = set(data) - {"rules", "sources", "unmatched", "prewarm"}
     if extra:
-        raise ConfigError(f"{where}: unknown key {sorted(extra)[0]!r} (use rules, sources, unmatched)")
+        raise ConfigError(f"{where}: unknown key {sorted(extra)[0]!r} (use rules, sources, unmatched, prewarm)")
     raw = data.get("rules") or []
     if not isinstance(raw, list):
         raise ConfigError(f"{where}: `rules` must be a list")
@@ -343,7 +346,8 @@ def parse_rules(data: Any, where: str = "rules") -> RuleSet:
     required = src.get("required", False)
     if not isinstance(required, bool):
         raise ConfigError(f"{where}.sources.required: expected true or false")
-    return RuleSet(rules, unmatched, frozenset(create_on), idle, required)
+    prewarm = parse_prewarm(data["prewarm"], f"{where}.prewarm") if "prewarm" in data else None
+    return RuleSet(rules, unmatched, frozenset(create_on), idle, required, prewarm)
 
 
 def load_rules(path: str | None) -> RuleSet:

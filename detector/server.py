@@ -18,7 +18,7 @@ from aiohttp import web
 
 from detector.api import make_app
 from detector.config import Config, parse_listen, server_ssl_context
-from detector.delivery import Delivery, DeliveryClient
+from detector.delivery import Delivery, DeliveryClient, SiteDelivery
 from detector.metrics import Metrics
 from detector.rules import RuleSet
 from detector.service import Detector
@@ -29,12 +29,15 @@ SWITCH_INTERVAL = 0.0005  # seconds
 
 class Server:
     """The detector behind its HTTP API. `delivery`: the client taking durable CloudEvents
-    (default: `Delivery` POSTing to `cfg.sink`, sharing the detector's metrics)."""
+    (default: `Delivery` POSTing to `cfg.sink`, sharing the detector's metrics; with mobility a
+    `SiteDelivery`, one queue per site's sink)."""
 
     def __init__(self, cfg: Config, rules: RuleSet, delivery: DeliveryClient | None = None) -> None:
         self.cfg = cfg
         metrics = Metrics()
-        self.det = Detector(cfg, rules, delivery or Delivery.from_config(cfg, metrics), metrics)
+        if delivery is None:
+            delivery = SiteDelivery.from_config(cfg, metrics) if cfg.mobility else Delivery.from_config(cfg, metrics)
+        self.det = Detector(cfg, rules, delivery, metrics)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -54,6 +57,10 @@ class Server:
         self.port = runner.addresses[0][1]
         log.info("detector %s listening on %s:%d, %s, sink %s, outbox %s", self.cfg.detector_id, host, self.port,
                  "https" if self.tls else "http", self.cfg.sink, self.cfg.outbox)
+        mob = self.cfg.mobility
+        if mob is not None:
+            log.info("mobility: site %s of %s, %d peers, pre-warm %s", mob.site, ", ".join(sorted(mob.sites)),
+                     len(mob.peers), "on" if self.det.mobility and self.det.mobility.prewarm.enabled else "off")
         return self.port
 
     @property

@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cloudevents.core.base import BaseCloudEvent
@@ -26,6 +27,8 @@ from detector.cloudevent import EventBuilder, ordering_key, to_http, ue_key
 from detector.config import Config
 from detector.delivery import DeliveryClient
 from detector.metrics import Metrics
+from detector.mobility import Journal as MobilityJournal
+from detector.mobility import Mobility, Move, PeerHint, Peers
 from detector.outbox import Outbox, Row
 from detector.rules import Journal, RuleSet
 from detector.schema import check_app_event, parse_time
@@ -79,7 +82,8 @@ class Batch:
     """What one request adds: outbox rows and source-table changes, and how to take back the
     in-memory changes made for them if they cannot be stored."""
 
-    __slots__ = ("created", "deletes", "exposed", "limiter", "removed", "rows", "seen", "upserts", "waits")
+    __slots__ = ("created", "deletes", "exposed", "hints", "limiter", "locations", "mobility", "removed", "rows",
+                 "seen", "upserts", "waits")
 
     def __init__(self) -> None:
         self.rows: list[Row] = []
@@ -93,10 +97,13 @@ class Batch:
         # answered 2xx once its first copy is durable
         self.waits: list[asyncio.Future[None]] = []
         self.exposed: list[dict[str, Any]] = []   # accepted AppEvents for Nupf_EventExposure, offered once durable
+        self.mobility: MobilityJournal = []   # UE location states before each event (taken back if not stored)
+        self.hints: dict[str, PeerHint] = {}  # what the peers said about UEs whose session.up is in here
+        self.locations: list[tuple[str, str | None]] = []   # UE location rows to store with the batch
 
     def marks(self) -> tuple[int, ...]:
         return (len(self.rows), len(self.upserts), len(self.deletes), len(self.seen), len(self.created),
-                len(self.removed), len(self.limiter))
+                len(self.removed), len(self.limiter), len(self.mobility))
 
 
 class Detector:
@@ -113,6 +120,13 @@ class Detector:
         self.delivery = delivery
         self.draining = False
         self.exposure: ExposureService | None = None   # Nupf_EventExposure (detector/exposure), set by the app
+        # two MEC sites (detector/mobility.py): the UE location table and the other sites' detectors
+        self.mobility: Mobility | None = None
+        self.peers: Peers | None = None
+        mob = cfg.mobility
+        if mob is not None:
+            self.mobility = Mobility(mob, rules.prewarm or mob.prewarm)
+            self.peers = Peers(mob.peers, cfg.token, mob.peer_timeout)
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._ckpt_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-checkpoint")
         self._seq = 0
@@ -130,6 +144,12 @@ class Detector:
         m.gauge("detector_sources", "UE sources alive", lambda: len(self.sources.by_key))
         m.gauge("detector_sink_up", "1 once the sink has answered", lambda: int(self.delivery.sink_answered))
         m.gauge("detector_ready", "1 when ready", lambda: int(self.ready()))
+        if self.mobility is not None:
+            mobility = self.mobility
+            m.gauge("detector_mobility_ues", "UEs in the mobility location table", lambda: len(mobility.ues))
+            site_pending = getattr(delivery, "site_pending", None)
+            if site_pending is not None:
+                m.labelled_gauge("detector_site_pending", "CloudEvents waiting for a site's sink", "site", site_pending)
 
     # ---- life cycle ----
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -142,6 +162,10 @@ class Detector:
         self._seq = await self.db(outbox.max_seq)
         pending = await self.db(outbox.pending)
         self.sources.load(await self.db(outbox.sources))
+        if self.mobility is not None:
+            self.mobility.load(await self.db(outbox.locations))
+        if self.peers is not None:
+            await self.peers.start()
         await self.delivery.start(self._on_ack, self._on_dead)
         self.delivery.enqueue(pending)
         if pending:
@@ -156,6 +180,8 @@ class Detector:
         self.draining = True
         await self.delivery.stop(self.cfg.drain_timeout)
         await self._flush_dirty_sources()
+        if self.peers is not None:
+            await self.peers.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -230,20 +256,26 @@ class Detector:
         rows = [r for b, _ in batch for r in b.rows]
         ups = [u for b, _ in batch for u in b.upserts]
         dels = [d for b, _ in batch for d in b.deletes]
+        locs = [loc for b, _ in batch for loc in b.locations]
         try:
             if self.outbox is None:
                 raise StoreError("outbox closed")
-            await self.db(self.outbox.commit, rows, ups, dels)
+            await self.db(self.outbox.commit, rows, ups, dels, locs)
         except Exception as e:
             log.warning("outbox refused %d CloudEvents: %s", len(rows), e)
             for b, _ in reversed(batch):   # newest first: each journal holds the state before its batch
                 self.rules.undo(b.limiter)
+                if self.mobility is not None:
+                    self.mobility.undo(b.mobility)
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(e)
             return
         self.delivery.enqueue(rows)
         self.metrics.emitted += len(rows)
+        if self.mobility is not None:
+            for r in rows:
+                self.metrics.inc(self.metrics.routed, r.dest)
         for _, fut in batch:
             if not fut.done():
                 fut.set_result(None)
@@ -257,7 +289,10 @@ class Detector:
     async def persist(self, batch: Batch) -> None:
         """Durably store a batch (group commit), and wait for the first copies of its duplicates;
         raises (the database's error, or StoreError) if any of it is not stored."""
-        if batch.rows or batch.upserts or batch.deletes:
+        if self.mobility is not None and batch.mobility:
+            # the states as of now (this batch's changes included) go into the same transaction
+            batch.locations = self.mobility.rows({k for k, _ in batch.mobility})
+        if batch.rows or batch.upserts or batch.deletes or batch.locations:
             await self._commit(batch)
         for fut in batch.waits:
             try:
@@ -311,6 +346,8 @@ class Detector:
             for s in self.sources.idle(now):
                 b.removed.append(s)
                 self._expire(s, "idle", now, b)
+            if self.mobility is not None and self._max_ts:
+                self.mobility.prune(self._max_ts, b.mobility)
             try:
                 await self.persist(b)
             except Exception as e:
@@ -339,10 +376,14 @@ class Detector:
             self._seen.popitem(last=False)
         return True
 
-    def _add(self, b: Batch, key: str, ce: CloudEvent) -> None:
+    def _add(self, b: Batch, key: str, ce: CloudEvent, dest: str | None = None) -> None:
+        """`ce` into the batch, for the sink of site `dest` (default: the UE's serving site with
+        mobility, else the one sink)."""
         headers, body = to_http(ce, self.cfg.structured)
+        if dest is None:
+            dest = self.mobility.dest(key) if self.mobility is not None else ""
         b.rows.append(Row(self._next_seq(), ce.get_id(), key, headers, body,
-                          json.dumps(headers, separators=(",", ":"))))
+                          json.dumps(headers, separators=(",", ":")), dest))
 
     def _expire(self, s: Source, reason: str, now: float, b: Batch) -> None:
         self._add(b, s.key, self.events.source_expired(s, reason, now))
@@ -360,6 +401,14 @@ class Detector:
         ts = t.timestamp()
         if ts > self._max_ts:
             self._max_ts = ts
+        mob = self.mobility
+        mkey = ""
+        if mob is not None and key:
+            mkey = mob.key(ev, key)
+            mob.begin(mkey, b.mobility)
+            move = mob.observe(ev, mkey, ts, b.hints)
+            if move is not None:   # before the rules: this event's own CloudEvents go to the new site
+                self._moved(ev, key, t, move, b)
         out = self.rules.evaluate(ev, key, ts, b.limiter)
         self.metrics.suppressed += out.suppressed
         uri = self.sources.uri(key)
@@ -380,7 +429,10 @@ class Detector:
         else:
             ctx = {**ev, "detector": self.cfg.detector_id, "source": uri, "uekey": key}
             for rule in out.emissions:
-                self._add(b, key, self.events.for_rule(ev, rule, ctx, t, uri))
+                ce = self.events.for_rule(ev, rule, ctx, t, uri)
+                self._add(b, key, ce)
+                if mob is not None and mkey:
+                    mob.record(mkey, ce, ts)
         if src is not None and ev["kind"] == "session.down":
             self.sources.remove(key)
             b.removed.append(src)
@@ -389,6 +441,53 @@ class Detector:
         if exposure is not None and exposure.active:   # only while there are Nupf_EventExposure subscriptions
             b.exposed.append(ev)
         return True
+
+    def _moved(self, ev: dict[str, Any], key: str, t: datetime, move: Move, b: Batch) -> None:
+        """One mec.ue.moved for the target site, and its warm-ups when pre-warm is on."""
+        mob = self.mobility
+        assert mob is not None
+        uri = self.sources.uri(key)
+        dest = mob.site_dest(move.to.get("site"))
+        self._add(b, key, self.events.ue_moved(move, ev, t, uri), dest)
+        self.metrics.inc(self.metrics.moved, move.procedure)
+        if move.frm is None:
+            self.metrics.moved_from_unknown += 1
+        for type_, recent in mob.warmups(move):
+            self._add(b, key, self.events.warmup(move, type_, recent, ev, t, uri), dest)
+            self.metrics.inc(self.metrics.prewarm_sent, dest)
+
+    async def prefetch(self, body: bytes, as_json: bool, b: Batch) -> None:
+        """Before an ingest body is processed: ask the peers about the UEs whose session.up it holds
+        and this detector does not serve (relocation), so the move is decided, and stored, with the
+        session.up itself. Costs nothing for bodies without a session.up."""
+        mob, peers = self.mobility, self.peers
+        if mob is None or peers is None or not peers.urls or b"session.up" not in body:
+            return
+        evs: list[Any] = []
+        try:
+            doc = parse_json(body) if as_json else None
+        except (ValueError, RecursionError):
+            doc = None
+        if isinstance(doc, list):
+            evs = doc
+        elif isinstance(doc, dict):
+            evs = [doc]
+        else:
+            for line in body.split(b"\n"):
+                if b"session.up" in line:
+                    try:
+                        evs.append(parse_json(line))
+                    except (ValueError, RecursionError):
+                        continue   # refused with its reason when the body is processed
+        keys = {k for k in (mob.needs_lookup(ev) for ev in evs) if k}
+        if not keys:
+            return
+        ordered = sorted(keys)
+        hints = await asyncio.gather(*(peers.lookup(k) for k in ordered))
+        for k, hint in zip(ordered, hints, strict=True):
+            b.hints[k] = hint
+            outcome = "found" if hint.views else "unanswered" if hint.unanswered else "unknown"
+            self.metrics.inc(self.metrics.peer_lookups, outcome)
 
     def process_lines(self, body: bytes, b: Batch) -> tuple[int, int, Rejected]:
         """NDJSON -> rows; returns (accepted, duplicates, rejected [{line, reason}]); lines count from 1."""
@@ -447,7 +546,7 @@ class Detector:
             return f"cannot build CloudEvent: {first_line(e)}"
 
     def _undo(self, b: Batch, marks: tuple[int, ...]) -> None:
-        rows, upserts, deletes, seen, created, removed, limiter = marks
+        rows, upserts, deletes, seen, created, removed, limiter, mobility = marks
         for k in b.seen[seen:]:
             self._seen.pop(k, None)
         for s in reversed(b.removed[removed:]):
@@ -455,6 +554,8 @@ class Detector:
         for k in b.created[created:]:
             self.sources.remove(k)
         self.rules.undo(b.limiter, limiter)
+        if self.mobility is not None:
+            self.mobility.undo(b.mobility, mobility)
         del b.rows[rows:], b.upserts[upserts:], b.deletes[deletes:], b.seen[seen:], b.created[created:]
         del b.removed[removed:]
 

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from testbed.functions.store import append_once
+from testbed.functions.warmup import is_warmup
 
 ORDERS = "orders.jsonl"
 REPLY_TYPE = "mec.order.created"
@@ -36,7 +37,9 @@ def _item(data: Any) -> str | None:
     return None
 
 
-def handle(event: dict[str, Any]) -> dict[str, Any]:
+def handle(event: dict[str, Any]) -> dict[str, Any] | None:
+    if is_warmup(event):   # pre-warm after a move: scaled up, nothing bought
+        return None
     attrs = event["attributes"]
     data = event.get("data")
     ue: dict[str, Any] = data["ue"] if isinstance(data, dict) and isinstance(data.get("ue"), dict) else {}

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from testbed.functions.store import append_jsonl, append_once
+from testbed.functions.warmup import is_warmup
 
 CACHE = "edge-cache.jsonl"
 LOOKUPS = "lookups.jsonl"
@@ -32,6 +33,8 @@ def _qname(event: dict[str, Any]) -> str | None:
 
 
 def handle(event: dict[str, Any]) -> dict[str, Any] | None:
+    if is_warmup(event):   # pre-warm after a move: no lookup counted, no name warmed
+        return None
     attrs = event["attributes"]
     qname = _qname(event)
     if not qname:

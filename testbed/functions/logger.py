@@ -11,9 +11,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from testbed.functions.store import append_jsonl
+from testbed.functions.warmup import is_warmup
 
 
 def handle(event: dict[str, Any]) -> None:
+    if is_warmup(event):   # pre-warm after a move: not an event of the UE's activity
+        return None
     data = event.get("data")
     if isinstance(data, bytes):
         data = {"base64": base64.b64encode(data).decode()}

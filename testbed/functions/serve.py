@@ -7,7 +7,10 @@ function runner. A handler module `testbed.functions.<name>` defines
 `handle(event: dict) -> dict | None`, where an event is
 `{"attributes": {...}, "data": <JSON value, text or bytes>}`; a returned dict of the
 same shape is the reply, written in binary mode with 200 (no reply: 202, empty body).
-A request that is not a CloudEvent gets 400; a handler exception gets 500.
+A request that is not a CloudEvent gets 400; a handler exception gets 500. A warm-up event
+(extension `mecwarmup: "true"`, testbed/functions/warmup.py) gets 200 with no body at once: the
+handler does not run, and it is journalled apart (warmups.jsonl), so that invocations.jsonl stays
+the list of actions while the first real event after it is rightly not a cold start.
 
 Tracing: each invocation is logged on stdout (one JSON line; FN_ACCESS_LOG=0 turns it off) and,
 with FN_JOURNAL=1, journalled, both with the event's `traceparent` (the CloudEvents Distributed
@@ -43,10 +46,13 @@ from mec_common.tracing import (
     rfc3339_ns,
 )
 from testbed.functions.store import append_jsonl
+from testbed.functions.warmup import is_warmup
 
 Handler = Callable[[dict[str, Any]], dict[str, Any] | None]
 REQUIRED = ("id", "source", "specversion", "type")
 MAX_BODY = 4 * 1024 * 1024
+INVOCATIONS = "invocations.jsonl"   # the journal of actions (FN_JOURNAL)
+WARMUPS = "warmups.jsonl"           # the journal of warm-ups answered (FN_JOURNAL)
 _SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 
 
@@ -186,6 +192,10 @@ def make_handler_class(handle: Handler, name: str) -> type[BaseHTTPRequestHandle
                 self._send(400, {"Content-Type": "text/plain"}, f"{exc}\n".encode())
                 return
             started = time.time()
+            if is_warmup(event):   # the request that scaled us from zero was the point: nothing to do
+                warmup_done(name, event, started)
+                self._send(200)
+                return
             try:
                 reply = handle(event)
             except Exception as exc:  # a handler bug must not kill the server: answer 500
@@ -224,17 +234,29 @@ def invocation_done(name: str, event: dict[str, Any], started: float, status: in
     return spans
 
 
-def access_log(name: str, service: str, attrs: dict[str, Any], started: float, end: float, status: int) -> None:
+def warmup_done(name: str, event: dict[str, Any], started: float) -> None:
+    """A warm-up was answered: logged as msg "warmup" (not "invocation") and journalled in
+    warmups.jsonl (with FN_JOURNAL), counted as this process's first request if it was."""
+    end = time.time()
+    attrs = event.get("attributes", {})
+    service = os.environ.get("K_SERVICE", name)
+    access_log(name, service, attrs, started, end, 200, msg="warmup")
+    journal(name, event, started, end, 200, file=WARMUPS)
+
+
+def access_log(name: str, service: str, attrs: dict[str, Any], started: float, end: float, status: int,
+               msg: str = "invocation") -> None:
     """One JSON line on stdout per invocation (unless FN_ACCESS_LOG=0), with the trace context."""
     if os.environ.get("FN_ACCESS_LOG", "1") == "0":
         return
-    line = {"level": "info", "msg": "invocation", "function": name, "service": service, "id": attrs.get("id"),
+    line = {"level": "info", "msg": msg, "function": name, "service": service, "id": attrs.get("id"),
             "type": attrs.get("type"), "status": status, "ms": round((end - started) * 1000, 3),
             "traceparent": attrs.get("traceparent")}
     print(json.dumps(line, separators=(",", ":")), flush=True)
 
 
-def journal(name: str, event: dict[str, Any], started: float, finished: float, status: int) -> None:
+def journal(name: str, event: dict[str, Any], started: float, finished: float, status: int,
+            file: str = INVOCATIONS) -> None:
     """One line per invocation in $FN_STATE_DIR/invocations.jsonl (when FN_JOURNAL is set):
     the handler's start and end times, and whether it was this process's first request (a
     cold start when the function scaled from zero), which the demo's latency report reads."""
@@ -248,7 +270,7 @@ def journal(name: str, event: dict[str, Any], started: float, finished: float, s
     record = {"first": first, "function": name, "service": os.environ.get("K_SERVICE", name), "id": attrs.get("id"),
               "source": attrs.get("source"), "type": attrs.get("type"), "start": started, "end": finished,
               "status": status, "traceparent": attrs.get("traceparent")}
-    append_jsonl("invocations.jsonl", record)
+    append_jsonl(file, record)
 
 
 class _Server(ThreadingHTTPServer):
