@@ -14,7 +14,7 @@ user plane. Session rules follow what Open5GS's SMF sends for a default QoS flow
 - User ID with the IMSI (the sim has no N2, so this is where the tap learns the SUPI).
 
 A path switch (handover, TS 23.502 §4.9.1.2.2) is a Session Modification whose Update FAR 2
-carries the new gNB tunnel and PFCPSMReq-Flags with SNDEM (§8.2.58): the UPF sends End
+carries the new gNB tunnel and PFCPSMReq-Flags (IE type 49) with SNDEM: the UPF sends End
 Markers on the old tunnel before it forwards on the new one.
 """
 

@@ -7,7 +7,7 @@ matched by UE IP to a downlink PDR and sent to the gNB with the FAR's outer head
 creation (gNB TEID and address) and the QER's QFI in a PDU Session Container.
 Path switch: a Session Modification that moves the DL FAR to another gNB tunnel with
 PFCPSMReq-Flags SNDEM makes the UPF send a GTP-U End Marker (TS 29.281 §7.3.2) on the old
-tunnel, before any packet goes on the new one (TS 23.502 §4.9.1.2.2, TS 23.501 §5.8.2.9).
+tunnel, before any packet goes on the new one (TS 23.502 §4.9.1.2.2).
 
 Run inside the UPF namespace: ``ip netns exec mec<id>-upf python -m testbed.sim.upf``.
 """
