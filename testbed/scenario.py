@@ -8,18 +8,22 @@ A scenario file (YAML) - see docs/scenarios.md::
     name: buy-click
     ues: 2
     eventing: broker        # or channel: the detector's sink (k8s/knative/broker.yaml or channel.yaml)
+    sites: 1                # 2: two MEC sites (docs/sim-sites.md), for handover and relocate
     actions:
       - {ue: 1, at: 0.5, http: {method: POST, url: "http://shop.mec.local/api/v1/buy?item=3"}}
       - {ue: 2, at: 0.5, dns: {qname: shop.mec.local}}
       - {ue: 1, at: 1.0, mqtt: {topic: sensors/ue1/temp, message: "21.5"}}
       - {ue: 2, at: 1.0, ping: {host: 10.200.0.10}}
       - {ue: 2, at: 2.0, release: {}}
+      # with sites: 2 -- {ue: 1, at: 3.0, handover: {to: gnb2}} (path switch to the other gNB, same
+      # UPF) and {ue: 1, at: 6.0, relocate: {to: site2}} (a new PDU session at site 2's UPF)
     expect:
       deadline: 15
       cloudevents:
         - {type: mec.app.buy, subject: imsi-999700000000001, extensions: {dnn: internet}}
+        # site: N -- seen at site N's broker (default: any site's)
       functions:
-        - {service: fn-buy, min: 1}
+        - {service: fn-buy, min: 1}     # site: N -- run by site N's functions (default: any site's)
 """
 
 from __future__ import annotations
@@ -44,8 +48,11 @@ from testbed.constants import supi
 COMPOSE_FILE = Path(__file__).resolve().parent.parent / "compose" / "docker-compose.yaml"
 
 UE_ACTIONS = ("http", "dns", "mqtt", "ping")
-LAB_ACTIONS = (*UE_ACTIONS, "release")
-EXPECT_EVENT_KEYS = {"type", "subject", "source", "extensions", "count", "data"}
+MOBILITY_ACTIONS = ("handover", "relocate")   # the core's procedures (need sites: 2)
+CORE_ACTIONS = ("release", *MOBILITY_ACTIONS)  # done by the testbed at their time, not in the UE
+LAB_ACTIONS = (*UE_ACTIONS, *CORE_ACTIONS)
+EXPECT_EVENT_KEYS = {"type", "subject", "source", "extensions", "count", "data", "site"}
+MAX_SITES = 2
 
 
 class ScenarioError(ValueError):
@@ -72,6 +79,7 @@ class ExpectedEvent:
     extensions: dict[str, str] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     count: int = 1
+    site: int | None = None   # at that site's broker only
 
     def matches(self, attrs: dict[str, Any], data: Any) -> bool:
         def ok(pattern: str | None, value: Any) -> bool:
@@ -93,6 +101,8 @@ class ExpectedEvent:
         if self.subject:
             parts.append(f"subject={self.subject}")
         parts += [f"{k}={v}" for k, v in {**self.extensions, **self.data}.items()]
+        if self.site is not None:
+            parts.append(f"at site {self.site}")
         return " ".join(parts) + (f" (x{self.count})" if self.count != 1 else "")
 
 
@@ -106,6 +116,8 @@ class Scenario:
     deadline: float
     path: Path | None = None
     eventing: str = "broker"   # the detector's sink: the Broker (Triggers) or the Channel (Subscriptions)
+    sites: int = 1
+    function_sites: dict[str, int | None] = field(default_factory=dict)  # functions' key -> the site it must run at
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -119,12 +131,15 @@ def load_scenario(path: Path) -> Scenario:
         raise ScenarioError(f"{where}: not valid YAML: {e}".splitlines()[0]) from None
     if not isinstance(doc, dict):
         raise ScenarioError(f"{where}: expected a mapping with name, ues, actions, expect")
-    unknown = set(doc) - {"name", "ues", "actions", "expect", "description", "eventing"}
+    unknown = set(doc) - {"name", "ues", "actions", "expect", "description", "eventing", "sites"}
     if unknown:
         raise ScenarioError(f"{where}: unknown key(s) {sorted(unknown)}")
     eventing = doc.get("eventing", "broker")
     if eventing not in ("broker", "channel"):
         raise ScenarioError(f"{where}: eventing must be broker or channel, not {eventing!r}")
+    sites = doc.get("sites", 1)
+    if not isinstance(sites, int) or not 1 <= sites <= MAX_SITES:
+        raise ScenarioError(f"{where}: sites must be 1 or {MAX_SITES}")
     ues = doc.get("ues", 1)
     if not isinstance(ues, int) or not 1 <= ues <= 250:
         raise ScenarioError(f"{where}: ues must be an integer from 1 to 250")
@@ -149,9 +164,15 @@ def load_scenario(path: Path) -> Scenario:
         spec = a[kinds[0]] or {}
         if not isinstance(spec, dict):
             raise ScenarioError(f"{at}: {kinds[0]} takes a mapping")
-        required = {"http": "url", "dns": "qname", "mqtt": "topic", "ping": "host"}.get(kinds[0])
+        required = {"http": "url", "dns": "qname", "mqtt": "topic", "ping": "host",
+                    "handover": "to", "relocate": "to"}.get(kinds[0])
         if required and required not in spec:
             raise ScenarioError(f"{at}: {kinds[0]} needs {required}")
+        if kinds[0] in MOBILITY_ACTIONS:
+            if sites < 2:
+                raise ScenarioError(f"{at}: {kinds[0]} needs two MEC sites (sites: 2)")
+            spec = {**spec, "to": _target(spec["to"], "gnb" if kinds[0] == "handover" else "site", sites,
+                                          f"{at}.{kinds[0]}.to")}
         actions.append(Action(ue, when, kinds[0], spec, str(a.get("tag", ""))))
     expect = doc.get("expect") or {}
     if not isinstance(expect, dict):
@@ -164,17 +185,31 @@ def load_scenario(path: Path) -> Scenario:
         extra = set(exp) - EXPECT_EVENT_KEYS
         if extra:
             raise ScenarioError(f"{at}: unknown key(s) {sorted(extra)}")
+        site = None if exp.get("site") is None else _target(exp["site"], "site", sites, f"{at}.site")
         events.append(ExpectedEvent(str(exp["type"]), exp.get("subject"), exp.get("source"),
                                     {k: str(v) for k, v in (exp.get("extensions") or {}).items()},
-                                    dict(exp.get("data") or {}), int(exp.get("count", 1))))
+                                    dict(exp.get("data") or {}), int(exp.get("count", 1)), site))
     functions = {}
+    function_sites: dict[str, int | None] = {}
     for i, f in enumerate(expect.get("functions") or []):
         if not isinstance(f, dict) or "service" not in f:
             raise ScenarioError(f"{where}: expect.functions[{i}]: needs service")
-        functions[str(f["service"])] = int(f.get("min", 1))
+        at = None if f.get("site") is None else _target(f["site"], "site", sites, f"{where}: expect.functions[{i}].site")
+        key = str(f["service"]) if at is None else f"{f['service']}@site{at}"  # one service may be expected per site
+        functions[key] = int(f.get("min", 1))
+        function_sites[key] = at
     deadline = float(expect.get("deadline", 15))
     return Scenario(str(doc.get("name") or Path(path).stem), ues, sorted(actions, key=lambda a: a.at),
-                    events, functions, deadline, Path(path), eventing)
+                    events, functions, deadline, Path(path), eventing, sites, function_sites)
+
+
+def _target(value: Any, prefix: str, sites: int, where: str) -> int:
+    """A site or gNB named N or "siteN" / "gnbN" (the sim has one gNB per site)."""
+    text = str(value)
+    n = text.removeprefix(prefix)
+    if not n.isdigit() or not 1 <= int(n) <= sites:
+        raise ScenarioError(f"{where}: expected {prefix}1..{prefix}{sites} (or 1..{sites}), got {value!r}")
+    return int(n)
 
 
 # ---------------------------------------------------------------------- sim backend
@@ -192,11 +227,12 @@ class Outcome:
 
 
 def run_ue_plans(stack: Any, actions: list[Action], start: float) -> list[dict[str, Any]]:
-    """Run each UE's actions in its namespace (one process per UE, all at once); releases here."""
+    """Run each UE's actions in its namespace (one process per UE, all at once); the core's
+    (release, handover, relocate) here, each at its time."""
     by_ue: dict[int, list[Action]] = {}
     releases = []
     for a in actions:
-        if a.kind == "release":
+        if a.kind in CORE_ACTIONS:
             releases.append(a)
         else:
             by_ue.setdefault(a.ue, []).append(a)
@@ -216,11 +252,24 @@ def run_ue_plans(stack: Any, actions: list[Action], start: float) -> list[dict[s
         t = threading.Thread(target=talk, daemon=True)
         t.start()
         threads.append(t)
+    core: list[dict[str, Any]] = []
     for a in releases:
         delay = start + a.at - time.time()
         if delay > 0:
             time.sleep(delay)
-        stack.lab.release_ue(a.ue)
+        rec: dict[str, Any] = {"ue": a.ue, "at": a.at, "kind": a.kind, "ok": True, "tag": a.tag, "spec": a.spec,
+                               "t": time.time()}
+        try:
+            if a.kind == "release":
+                stack.lab.release_ue(a.ue)
+            elif a.kind == "handover":
+                rec["session"] = stack.lab.handover(a.ue, to_gnb=a.spec["to"])
+            else:
+                rec["session"] = stack.lab.relocate(a.ue, to_site=a.spec["to"])
+        except Exception as e:  # a failed procedure is a failed action, reported with the others
+            rec.update(ok=False, error=f"{type(e).__name__}: {e}")
+        rec["elapsed"] = round(time.time() - rec["t"], 4)
+        core.append(rec)
     for t in threads:
         t.join()
     results = []
@@ -232,8 +281,7 @@ def run_ue_plans(stack: Any, actions: list[Action], start: float) -> list[dict[s
         for rec, act in zip(lines, acts, strict=True):
             rec.update(ue=ue, at=act.at, spec=act.spec)
             results.append(rec)
-    for a in releases:
-        results.append({"ue": a.ue, "at": a.at, "kind": "release", "ok": True, "tag": a.tag})
+    results += core
     return sorted(results, key=lambda r: (r["at"], r["ue"]))
 
 
@@ -245,16 +293,24 @@ def check_expectations(scn: Scenario, stack: Any, since: int, t_begin: float
     invocations that started after ``t_begin``), so scenarios can share one running stack.
     """
     deadline = time.monotonic() + scn.deadline
+    sites = range(1, getattr(stack, "sites", 1) + 1)
     while True:
-        events = stack.broker_events(since)
+        events = []
+        for k in sites:  # since: a sequence number of site 1's broker; the other sites' start at 0
+            events += [{**e, "site": k} for e in stack.broker_events(since if k == 1 else 0, site=k)]
         invocations = [i for i in stack.invocations() if i.get("start", 0) >= t_begin]
         checks = []
         for exp in scn.events:
-            n = sum(1 for e in events if exp.matches(e["attributes"], _json(e.get("data"))))
+            n = sum(1 for e in events if (exp.site is None or e["site"] == exp.site)
+                    and exp.matches(e["attributes"], _json(e.get("data"))))
             checks.append((f"CloudEvent {exp.describe()}", n >= exp.count, f"{n} seen"))
         for svc, least in scn.functions.items():
-            n = sum(1 for i in invocations if i.get("service") == svc and i.get("status", 500) < 300)
-            checks.append((f"function {svc} ran at least {least}x", n >= least, f"{n} invocations"))
+            at = scn.function_sites.get(svc)
+            name = svc.split("@")[0]
+            n = sum(1 for i in invocations if i.get("service") == name and i.get("status", 500) < 300
+                    and (at is None or i.get("site", 1) == at))
+            where = f" at site {at}" if at is not None else ""
+            checks.append((f"function {name} ran at least {least}x{where}", n >= least, f"{n} invocations"))
         if all(ok for _, ok, _ in checks) or time.monotonic() > deadline:
             return checks, events, invocations
         time.sleep(0.2)
@@ -270,6 +326,8 @@ def _json(text: str | None) -> Any:
 
 
 def run_on_stack(scn: Scenario, stack: Any) -> Outcome:
+    if scn.sites > getattr(stack, "sites", 1):
+        raise ScenarioError(f"scenario {scn.name} needs {scn.sites} MEC sites; the stack has {stack.sites}")
     since = max((e["seq"] for e in stack.broker_events(0)), default=0)
     t_begin = time.time()
     actions = run_ue_plans(stack, scn.actions, t_begin + 0.3)
@@ -300,6 +358,9 @@ def lab_commands(scn: Scenario) -> list[list[str]]:
     cmds = []
     for a in scn.actions:
         ue = f"ue{a.ue}"
+        if a.kind in MOBILITY_ACTIONS:
+            raise ScenarioError(f"{scn.name}: {a.kind} cannot run in the lab: UERANSIM has no handover and one "
+                                "UPF (docs/lab.md, 'Mobility'); run it on the sim backend")
         if a.kind == "http":
             cmd = ["curl", "-sS", "--interface", "uesimtun0", "-X", a.spec.get("method", "GET"),
                    sim_to_lab_address(a.spec["url"])]
@@ -352,7 +413,11 @@ def run_scenario(args: argparse.Namespace) -> int:
               f"{len(scn.functions)} functions, {scn.ues} UEs)")
         return 0
     if args.backend == "lab":
-        cmds = lab_commands(scn)
+        try:
+            cmds = lab_commands(scn)
+        except ScenarioError as e:
+            print(f"testbed scenario: {e}", file=sys.stderr)
+            return 2
         if args.dry_run:
             for c in cmds:
                 print(shlex.join(c))
@@ -376,7 +441,7 @@ def run_scenario(args: argparse.Namespace) -> int:
     from testbed.stack import Stack
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mec-scenario-"))
-    stack = Stack(workdir, "sim", ues=scn.ues, lab_id=args.lab_id, eventing=scn.eventing,
+    stack = Stack(workdir, "sim", ues=scn.ues, lab_id=args.lab_id, eventing=scn.eventing, sites=scn.sites,
                   progress=lambda m: print(f"  .. {m}", file=sys.stderr, flush=True))
     with stack:
         out = run_on_stack(scn, stack)

@@ -85,6 +85,11 @@ class Stack:
     launches: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict)
     keep_capture: bool = False        # hold the tap's capture sockets (an fd store) so a restart loses no packet
     fdstore: Any = None
+    sites: int = 1                    # MEC sites: 2 gives each its UPF, tap, detector and broker (issue 18)
+    prewarm: bool = False             # two sites: on a move, warm up the target site's functions the UE used
+    placement: dict[int, int] = field(default_factory=dict)  # two sites: {UE: site} where UEs start (default 1)
+    broker_urls: dict[int, str] = field(default_factory=dict)    # site -> its broker
+    detector_urls: dict[int, str] = field(default_factory=dict)  # site -> its detector
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -93,13 +98,25 @@ class Stack:
             if self.mode == "sim":
                 from testbed.sim.lab import SimLab
 
-                self.progress(f"building the sim lab ({self.ues} UEs: namespaces, veths, TUNs)")
-                self.lab = SimLab(self.lab_id, self.ues, state_root=self.workdir / "sim")
+                where = f", {self.sites} MEC sites" if self.sites > 1 else ""
+                self.progress(f"building the sim lab ({self.ues} UEs{where}: namespaces, veths, TUNs)")
+                self.lab = SimLab(self.lab_id, self.ues, state_root=self.workdir / "sim", sites=self.sites,
+                                  placement=self.placement)
                 self.lab.build()
-            self._start_broker()
-            self._start_detector()
+            if self.sites > 1 and self.mode != "sim":
+                raise StackError("two MEC sites need the sim (mode sim)")
+            for k in self.site_numbers():  # every URL first: each detector names the other sites' parts
+                self.broker_urls[k] = f"http://127.0.0.1:{free_port()}"
+                self.detector_urls[k] = f"http://127.0.0.1:{free_port()}"
+            self.broker_url, self.detector_url = self.broker_urls[1], self.detector_urls[1]
+            self.token = secrets.token_urlsafe(24)  # one ingest token: the sites' detectors ask each other with it
+            for k in self.site_numbers():
+                self._start_broker(k)
+            for k in self.site_numbers():
+                self._start_detector(k)
             if self.mode == "sim":
-                self._start_tap()
+                for k in self.site_numbers():
+                    self._start_tap(k)
                 self.progress("starting gNB, UPF, SMF and the DN (main application, DNS, MQTT)")
                 self.lab.start_services()
                 self.progress("establishing PDU sessions over PFCP")
@@ -136,6 +153,21 @@ class Stack:
         self.stop()
 
     # ------------------------------------------------------------------ parts
+    def site_numbers(self) -> range:
+        return range(1, self.sites + 1)
+
+    @staticmethod
+    def part(name: str, site: int) -> str:
+        """A part's name at a site: site 1's keep the one-site names (broker, detector, tap), site 2's
+        have the number (broker2, detector2, tap2)."""
+        return name if site == 1 else f"{name}{site}"
+
+    @staticmethod
+    def site_of(part: str) -> tuple[str, int]:
+        """(kind, site) of a part name: 'broker2' -> ('broker', 2)."""
+        kind = part.rstrip("0123456789")
+        return kind, int(part[len(kind):] or 1)
+
     def pid(self, name: str) -> int | None:
         """The pid of part ``name`` (broker, detector, tap) while it runs."""
         for n, proc in reversed(self.procs):
@@ -163,10 +195,12 @@ class Stack:
             run_argv, fds = self.fdstore.exec_argv(argv)  # its kept capture sockets back, as systemd does
         proc, log = self._spawn(name, run_argv, env, append=True, pass_fds=fds)
         self.launches[name] = (argv, env)
-        if name == "tap":
+        kind, site = self.site_of(name)
+        if kind == "tap":
             self._wait_capturing(proc, log, since)
         else:
-            url = f"{self.broker_url}/_local/healthz" if name == "broker" else f"{self.detector_url}/healthz"
+            url = (f"{self.broker_urls[site]}/_local/healthz" if kind == "broker"
+                   else f"{self.detector_urls[site]}/healthz")
             wait_http(url, f"the restarted {name}", proc, log=log)
         return proc
 
@@ -185,51 +219,71 @@ class Stack:
         self.procs.append((name, proc))
         return proc, log
 
-    def _start_broker(self) -> None:
-        port = free_port()
-        self.broker_url = f"http://127.0.0.1:{port}"
-        self.progress(f"starting the local Knative broker on {self.broker_url} ({self.manifests})")
-        proc, log = self._spawn("broker", [sys.executable, "-m", "testbed", "broker", "--manifests",
-                                           str(self.manifests), "--listen", f"127.0.0.1:{port}",
-                                           "--state-dir", str(self.workdir / "broker"),
-                                           "--local-api"],  # broker_events/broker_stats read /_local
+    def _start_broker(self, site: int = 1) -> None:
+        url = self.broker_urls[site]
+        name = self.part("broker", site)
+        at = f" of site {site}" if self.sites > 1 else ""
+        self.progress(f"starting the local Knative broker{at} on {url} ({self.manifests})")
+        proc, log = self._spawn(name, [sys.executable, "-m", "testbed", "broker", "--manifests",
+                                       str(self.manifests), "--listen", url.removeprefix("http://"),
+                                       "--state-dir", str(self.workdir / name),
+                                       "--local-api"],  # broker_events/broker_stats read /_local
                                 env={"FN_JOURNAL": "1"})
-        wait_http(f"{self.broker_url}/_local/healthz", "the local broker", proc, log=log)
+        wait_http(f"{url}/_local/healthz", f"the local broker{at}", proc, log=log)
 
-    def _start_detector(self) -> None:
-        port = free_port()
-        self.detector_url = f"http://127.0.0.1:{port}"
-        self.token = secrets.token_urlsafe(24)
+    def _sink(self, site: int) -> str:
+        if self.eventing not in EVENTING_PATHS:
+            raise StackError(f"eventing must be one of {', '.join(EVENTING_PATHS)}, not {self.eventing!r}")
+        if site == 1 and self.sink_url:
+            return self.sink_url
+        return f"{self.broker_urls[site]}{EVENTING_PATHS[self.eventing]}"
+
+    def mobility(self, site: int) -> dict[str, Any]:
+        """The detector's `mobility` section at ``site`` (docs/detector.md): which gNBs and UPF N3
+        addresses make each site, each site's sink, the other sites' detectors as peers."""
+        from testbed.sim.topology import SITE_GNB_N3_IP, SITE_UPF_N3_IP
+
+        return {"site": f"site{site}",
+                "sites": {f"site{k}": {"gnbs": [SITE_GNB_N3_IP[k]], "upfs": [SITE_UPF_N3_IP[k]],
+                                       "sink": self._sink(k)} for k in self.site_numbers()},
+                "peers": [self.detector_urls[k] for k in self.site_numbers() if k != site],
+                "prewarm": {"enabled": self.prewarm}}
+
+    def _start_detector(self, site: int = 1) -> None:
+        url = self.detector_urls[site]
+        name = self.part("detector", site)
         token_file = self.workdir / "detector.token"
         token_file.write_text(self.token + "\n")
         token_file.chmod(0o600)
-        if self.eventing not in EVENTING_PATHS:
-            raise StackError(f"eventing must be one of {', '.join(EVENTING_PATHS)}, not {self.eventing!r}")
-        sink = self.sink_url or f"{self.broker_url}{EVENTING_PATHS[self.eventing]}"
-        self.progress(f"starting the detector on {self.detector_url} (sink {sink})")
-        (self.workdir / "detector").mkdir(exist_ok=True)
-        proc, log = self._spawn("detector", [
-            sys.executable, "-m", "detector", "serve", "--listen", f"127.0.0.1:{port}",
+        sink = self._sink(site)
+        at = f" of site {site}" if self.sites > 1 else ""
+        self.progress(f"starting the detector{at} on {url} (sink {sink})")
+        (self.workdir / name).mkdir(exist_ok=True)
+        env = {"DETECTOR_MOBILITY": json.dumps(self.mobility(site))} if self.sites > 1 else None
+        proc, log = self._spawn(name, [
+            sys.executable, "-m", "detector", "serve", "--listen", url.removeprefix("http://"),
             "--sink", sink, "--rules", str(self.rules),
-            "--outbox", str(self.workdir / "detector" / "outbox.db"), "--token-file", str(token_file),
-            "--detector-id", "demo", "--ingest-time", *self.detector_args])
-        wait_http(f"{self.detector_url}/healthz", "the detector", proc, log=log)
+            "--outbox", str(self.workdir / name / "outbox.db"), "--token-file", str(token_file),
+            "--detector-id", "demo" if site == 1 else f"demo-site{site}", "--ingest-time", *self.detector_args],
+            env)
+        wait_http(f"{url}/healthz", f"the detector{at}", proc, log=log)
 
-    def _start_tap(self) -> None:
-        ifs = self.lab.tap_interfaces()
+    def _start_tap(self, site: int = 1) -> None:
+        ifs = self.lab.tap_interfaces(site) if self.sites > 1 else self.lab.tap_interfaces()
+        name = self.part("tap", site)
         self.progress(f"starting upf-tap live on {ifs['netns']}: {ifs['n3']} (N3) and {ifs['n4']} (N4)")
         env = None
-        if self.keep_capture:
+        if self.keep_capture and site == 1:
             from mec_common.fdstore import FdStore
 
             self.fdstore = FdStore(self.workdir / "tap.notify").start()
             env = self.fdstore.env()
-        proc, log = self._spawn("tap", [
+        proc, log = self._spawn(name, [
             sys.executable, "-m", "upf_tap", "live", "--netns", ifs["netns"], "--iface", ifs["n3"],
-            "--iface", ifs["n4"], "--detector", self.detector_url, "--token-file",
-            str(self.workdir / "detector.token"), "--tap", "upf1", "--report-every", "60", *self.tap_args], env)
+            "--iface", ifs["n4"], "--detector", self.detector_urls[site], "--token-file",
+            str(self.workdir / "detector.token"), "--tap", f"upf{site}", "--report-every", "60", *self.tap_args], env)
         self._wait_capturing(proc, log, 0)
-        if self.keep_capture:  # the tap stores its sockets as it opens them, before it says it captures
+        if self.keep_capture and site == 1:  # the tap stores its sockets as it opens them, before it says it captures
             deadline = time.monotonic() + 5
             while len(self.fdstore.stored()) < 2 and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -247,17 +301,22 @@ class Stack:
             time.sleep(0.05)
 
     # ------------------------------------------------------------------ observation
-    def broker_events(self, since: int = 0) -> list[dict[str, Any]]:
-        return list(http_json(f"{self.broker_url}/_local/events?since={since}"))
+    def broker_events(self, since: int = 0, site: int = 1) -> list[dict[str, Any]]:
+        return list(http_json(f"{self.broker_urls.get(site, self.broker_url)}/_local/events?since={since}"))
 
-    def broker_stats(self) -> dict[str, Any]:
-        return dict(http_json(f"{self.broker_url}/_local/stats"))
+    def broker_stats(self, site: int = 1) -> dict[str, Any]:
+        return dict(http_json(f"{self.broker_urls.get(site, self.broker_url)}/_local/stats"))
 
-    def invocations(self) -> list[dict[str, Any]]:
-        """Every function invocation so far (handler start/end), from the functions' journals."""
+    def invocations(self, site: int | None = None) -> list[dict[str, Any]]:
+        """Every function invocation so far (handler start/end), from the functions' journals; of
+        one site's functions, or (None) of every site's, each with its ``site``."""
         out: list[dict[str, Any]] = []
-        for path in sorted((self.workdir / "broker").glob("**/invocations.jsonl")):
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    out.append(json.loads(line))
+        for k in self.site_numbers() if site is None else (site,):
+            for path in sorted((self.workdir / self.part("broker", k)).glob("**/invocations.jsonl")):
+                for line in path.read_text().splitlines():
+                    if line.strip():
+                        rec = json.loads(line)
+                        if self.sites > 1:
+                            rec["site"] = k
+                        out.append(rec)
         return out

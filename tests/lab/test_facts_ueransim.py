@@ -459,3 +459,29 @@ def test_upstream_cli_and_gnb_status() -> None:
     setters = _git_grep(r"isNgapUp = ", "src/gnb")
     assert [s.split(":", 2)[1] for s in setters] == ["src/gnb/app/task.cpp", "src/gnb/ngap/interface.cpp"]
     assert any("isNgapUp = true" in s for s in setters) and not any("= false" in s for s in setters)
+
+
+# ---------------------------------------------------------------- mobility (issue 18)
+def test_mobility_is_refused_in_the_lab_and_documented() -> None:
+    """UERANSIM cannot hand over (facts: mobility), so the lab backend refuses handover/relocate
+    scenarios with one clear error, and docs/lab.md says why and what the lab does instead."""
+    from testbed.scenario import ScenarioError, lab_commands, load_scenario
+
+    scn = load_scenario(L.REPO / "examples/scenarios/mobility.yaml")
+    with pytest.raises(ScenarioError, match="UERANSIM has no handover"):
+        lab_commands(scn)
+    doc = (L.REPO / "docs/lab.md").read_text()
+    assert "## Mobility" in doc
+    for name in F["mobility"]["ngap_missing"]:
+        assert name in doc, f"docs/lab.md should name {name}, which nr-gnb does not handle"
+    assert "handover" not in " ".join(F["cli"]["gnb_commands"] + F["cli"]["ue_commands"])
+
+
+def test_upstream_gnb_handles_no_mobility_message() -> None:
+    src = upstream_text(REPO, TAG, P["ngap_transport"])
+    handled = re.findall(r"case ASN_NGAP_\w+__value_PR_(\w+):", src)
+    assert handled == F["mobility"]["ngap_handled"]
+    for name in F["mobility"]["ngap_missing"]:
+        assert name not in handled
+    gtp = upstream_text(REPO, TAG, P["gtp_task"])
+    assert F["mobility"]["gtp_non_gpdu_log"] in gtp and "MT_G_PDU" in gtp
