@@ -25,7 +25,8 @@ def add_serve_parser(subparsers: cli.SubParsers) -> argparse.ArgumentParser:
         "serve", help="ingest AppEvents, emit CloudEvents to the sink",
         description="Ingest AppEvents (NDJSON on POST /v1/events) and deliver CloudEvents to the "
                     "sink. Environment: K_SINK, K_CE_OVERRIDES, DETECTOR_TOKEN, DETECTOR_ID, "
-                    "DETECTOR_STATE_DIR, DETECTOR_TLS_CERT, DETECTOR_TLS_KEY.")
+                    "DETECTOR_STATE_DIR, DETECTOR_TLS_CERT, DETECTOR_TLS_KEY; two MEC sites: DETECTOR_MOBILITY, "
+                    "DETECTOR_SITE, DETECTOR_PEERS (or `mobility:` in --config).")
     s.add_argument("--listen", metavar="HOST:PORT", help=f"where to listen (default {DEFAULT_LISTEN})")
     s.add_argument("--sink", metavar="URL", help="where CloudEvents go (default: $K_SINK)")
     s.add_argument("--outbox", metavar="PATH",

@@ -409,7 +409,10 @@ class Mobility:
             old = _str(tun.get("dst")) or _str(app.get("gnb_ip"))
             if old and old not in st.left:
                 st.left.append(old)
-            return None
+            # the tap names the serving gNB beside the closed path: the move, if the modification
+            # that made it was not seen here
+            new = _str(ue.get("gnb_ip"))
+            return self._user(st, new, True, ts) if new and new != old else None
         if kind == "session.down":
             seid = app.get("seid")
             if seid in st.sessions:

@@ -292,6 +292,42 @@ async def test_site_sink_failing_loses_nothing_and_survives_a_restart(tmp_path: 
     assert metric(text, "detector_routed_total", site="site2") == 10
 
 
+async def test_end_marker_alone_reveals_the_move(tmp_path: Path, sink: Sink, sink2: Sink) -> None:
+    """N4 not seen here: the End Marker on gNB1's path, with the tap's serving gNB2 beside it."""
+    cfg = det_config(tmp_path, sink.url, mobility=mobility("site1", sink.url, sink2.url))
+    em = end_marker(9, 2, GNB1, UPF1)
+    em["ue"]["gnb_ip"] = GNB2
+    evs = [http(9, 1, GNB1, UPF1), em, http(9, 3, GNB1, UPF1, tagged=False, direction="dl")]
+    async with running(cfg) as srv:
+        assert (await post_events(base_url(srv), ndjson(evs)))[0] == 202
+        await sink2.wait_for(lambda: len(sink2.accepted) == 3)
+        await settle()
+    (mv,) = moved(sink, sink2)
+    assert mv.get_id() == ce_id(em["id"], "mobility")
+    assert [r.ce.get_type() for r in sink.accepted] == ["mec.upf.http.request"]
+
+
+def test_an_older_outbox_gains_the_site_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from detector.outbox import Outbox
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, ue TEXT NOT NULL, "
+                     "headers TEXT NOT NULL, body BLOB NOT NULL, created REAL NOT NULL);"
+                     "INSERT INTO outbox VALUES (1, 'a', 'ue', '{}', x'00', 0);")
+    db.commit()
+    db.close()
+    box = Outbox(str(path))
+    try:
+        (row,) = box.pending()
+        assert row.id == "a" and row.dest == ""           # the default sink, as before
+        assert box.locations() == []
+    finally:
+        box.close()
+
+
 # ------------------------------------------------------------------ relocation: two detector processes
 
 def _free_port() -> int:
