@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mec_common.tracing import ZERO_SPAN, otlp_from_env, tap_spans, tap_traceparent
+from upf_tap.decode.gtpu import PDU_TYPE_DL, PDU_TYPE_UL
 from upf_tap.decode.ip import ip_str
 
 if TYPE_CHECKING:  # types only: making a Protocol class costs start-up time
@@ -68,20 +69,30 @@ def stable_id(event: AppEvent, ts_ns: int, seq: int = 0) -> str:
     return h.hexdigest()
 
 
-def identify(ue_ip: str, tun: GtpuContext | None,
-             control: Identities | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def identify(ue_ip: str, tun: GtpuContext | None, control: Identities | None,
+             direction: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The ``ue`` and ``tunnel`` fields of a user-plane event: the UE's address, the tunnel's
-    TEID and QFI, and what the control plane knows of the subscriber (by TEID, else by address)."""
+    TEID and QFI, the serving gNB, and what the control plane knows of the subscriber (by
+    TEID, else by address).
+
+    ``ue.gnb_ip`` is the gNB end of the packet's own tunnel (its source uplink, its
+    destination downlink; without a direction, the PDU Session Container's PDU type says
+    which), so it follows a handover from the first packet on the new path; without a
+    tunnel (an N6 tap) it is the control plane's serving gNB."""
     ue: dict[str, Any] = {"ip": ue_ip}
     tunnel: dict[str, Any] | None = None
     known = None
     if tun is not None:
-        osrc, odst, teid, qfi, _pdu = tun
+        osrc, odst, teid, qfi, pdu = tun
         ue["teid"] = teid
         tunnel = {"src": ip_str(osrc), "dst": ip_str(odst), "teid": teid}
         if qfi >= 0:
             ue["qfi"] = qfi
             tunnel["qfi"] = qfi
+        if direction == "ul" or (direction is None and pdu == PDU_TYPE_UL):
+            ue["gnb_ip"] = tunnel["src"]
+        elif direction == "dl" or (direction is None and pdu == PDU_TYPE_DL):
+            ue["gnb_ip"] = tunnel["dst"]
         if control is not None:
             known = control.ue_for_teid(teid, tunnel["dst"], ue_ip=ue_ip)
     if known is None and control is not None:
@@ -91,6 +102,28 @@ def identify(ue_ip: str, tun: GtpuContext | None,
             if v is not None and k not in ue:
                 ue[k] = v
     return ue, tunnel
+
+
+def end_marker(ts_ns: int, point: str, tap: str, osrc: bytes, odst: bytes, teid: int,
+               control: Identities | None, seq: int = 0) -> AppEvent:
+    """A GTP-U End Marker (TS 29.281 §7.3.2): the last packet on a DL path a handover left.
+
+    The UPF sends it to the old gNB with the old DL TEID, so the tunnel (destination, TEID) is
+    the path that ended: it is ``app.gnb_ip`` / ``app.dl_teid`` and names the UE through the
+    control plane (which remembers tunnels left behind). ``ue.gnb_ip`` is the control plane's
+    serving gNB, left out while that is still the old one (the marker says it no longer is).
+    """
+    src, dst = ip_str(osrc), ip_str(odst)
+    ue: dict[str, Any] = {"teid": teid}
+    known = control.ue_for_teid(teid, dst) if control is not None else None
+    for k, v in (known or {}).items():
+        if v is not None and k not in ue:
+            ue[k] = v
+    if ue.get("gnb_ip") == dst:
+        del ue["gnb_ip"]
+    return make_event("gtpu.end_marker", ts_ns, point, tap, direction="dl", ue=ue,
+                      tunnel={"src": src, "dst": dst, "teid": teid}, app={"gnb_ip": dst, "dl_teid": teid},
+                      seq=seq)
 
 
 def make_event(

@@ -73,7 +73,7 @@ from upf_tap.decode.gtpu import BAD_REASONS, GtpuContext, parse_gtpu
 from upf_tap.decode.ip import FragmentReassembler, IPLayer, ip_str
 from upf_tap.decode.link import LINKTYPE_ETHERNET, ip_offset
 from upf_tap.dissect import IP_PROTOS, Dissector, Malformed, datagram_dissector
-from upf_tap.events import AppEvent, identify, make_event
+from upf_tap.events import AppEvent, end_marker, identify, make_event
 from upf_tap.flows import Flow, FlowTable, UeSide
 from upf_tap.tcp_stream import StreamDirection, closes
 from upf_tap.walk import walk
@@ -260,6 +260,8 @@ class Tap:
                 self.stats[BAD_REASONS[mtype]] += 1
             else:
                 self.stats[GTPU_COUNTED.get(mtype, "gtpu.other_message")] += 1
+                if mtype == GTPU_END_MARKER and self.worker == 0:
+                    self._end_marker(ts_ns, osrc, odst, teid)
             return
         if pend - p < 1:
             self.stats["gtpu.empty"] += 1
@@ -269,6 +271,13 @@ class Tap:
             self.stats["gtpu.not_ip"] += 1
             return
         self._user_ip(ts_ns, data, p, pend, version, (osrc, odst, teid, qfi, pdu_type))
+
+    def _end_marker(self, ts_ns: int, osrc: bytes, odst: bytes, teid: int) -> None:
+        """An End Marker is reported (``gtpu.end_marker``), not only counted: it closes the old
+        DL path of a handover. One worker reports it (it has no inner addresses to share out by)."""
+        self.emit(end_marker(ts_ns, self.cfg.point, self.cfg.tap_id, osrc, odst, teid, self.control, self._seq))
+        self._seq += 1
+        self.stats["events.gtpu.end_marker"] += 1
 
     # ------------------------------------------------------------------ user plane
     def _user_ip(self, ts_ns: int, data: bytes, off: int, end: int, version: int,
@@ -473,11 +482,12 @@ class Tap:
     # ------------------------------------------------------------------ events
     def _emit(self, kind: str, ts_ns: int, flow: Flow, idx: int, tun: GtpuContext | None,
               app: dict[str, Any], seq: int = -1) -> None:
-        ue, tunnel = identify(flow.ue_ip, tun, self.control)
+        direction = flow.direction(idx)
+        ue, tunnel = identify(flow.ue_ip, tun, self.control, direction)
         if seq < 0:
             seq = self._seq
             self._seq += 1
-        ev = make_event(kind, ts_ns, self.cfg.point, self.cfg.tap_id, direction=flow.direction(idx),
+        ev = make_event(kind, ts_ns, self.cfg.point, self.cfg.tap_id, direction=direction,
                         ue=ue, flow=flow.flow_fields(idx), tunnel=tunnel, app=app, seq=seq)
         self.stats[f"events.{kind}"] += 1
         self.emit(ev)

@@ -16,6 +16,13 @@ The two views of a PDU session are joined on demand, by tunnel (UL or DL
 live learning did not; when both know a field and disagree, live wins and the
 disagreement is logged once and counted (``identity.conflict``). See docs/identity.md.
 
+Mobility (docs/tap.md, "Mobility"): a ``session.modify`` that moves a tunnel carries the
+fields before as ``prev_*``; NGAP path switches and handovers are ``ngap.path_switch`` /
+``ngap.handover``; the UE fields of every event include the serving gNB's N3 address
+(``gnb_ip``: the newer of the N2 and N4 DL tunnels) and, where N2 showed it, the cell.
+A tunnel a move left behind still names its UE (both tables' ``moved``), for the End
+Marker the UPF sends on the old path and for late packets.
+
 Drops, each counted: a PFCP datagram that does not parse (``pfcp.malformed``), an
 SCTP packet that does not (``sctp.malformed``), an SCTP user message that is not
 NGAP (``sctp.not_ngap``), NGAP that does not decode (``ngap.malformed``); a bug in
@@ -41,6 +48,8 @@ from upf_tap.control.tunnel import Tunnel
 from upf_tap.events import make_event
 
 log = logging.getLogger("upf_tap.control")
+
+PREV_FIELDS = ("gnb_ip", "dl_teid", "upf_ip", "ul_teid")   # session.modify: prev_<field> when moved
 identity_log = logging.getLogger("upf_tap.identity")
 
 
@@ -79,7 +88,7 @@ class ControlPlane:
                 self._emit_n4(ts_ns, change)
 
     def _emit_n4(self, ts_ns: int, change: N4Change) -> None:
-        kind, s, details = change
+        kind, s, details = change.kind, change.session, change.details
         app = s.view()
         ue = self._merge(s, None) or {}
         for k in ("supi", "dnn", "snssai", "pdu_session_id"):
@@ -89,6 +98,12 @@ class ControlPlane:
             app["reason"] = details[0] if details else "deletion"
         elif details:
             app["changed"] = details
+            before = change.before or {}
+            for k in PREV_FIELDS:   # a handover: where the tunnels ended before (TS 23.502 §4.9.1)
+                if k in details and before.get(k) is not None:
+                    app[f"prev_{k}"] = before[k]
+        if kind == "modify" and change.end_marker:
+            app["end_marker"] = True
         self.emit(make_event(f"session.{kind}", ts_ns, "n4", self.tap_id, ue=ue, app=app))
 
     # ================================================================== N2
@@ -111,6 +126,7 @@ class ControlPlane:
             gnb, amf = dst, src
         else:
             gnb = amf = None
+        by_ports = (sport == NGAP_SCTP_PORT) != (dport == NGAP_SCTP_PORT)   # exactly one end on 38412
         for ppid, _sid, data in messages:
             if ppid != NGAP_PPID and not (ppid == 0 and NGAP_SCTP_PORT in (sport, dport)):
                 self.stats["sctp.not_ngap"] += 1
@@ -121,6 +137,8 @@ class ControlPlane:
                 self.stats["ngap.malformed"] += 1
                 continue
             self.stats["ngap.messages"] += 1
+            if not by_ports and (from_ran := ngap.sent_by_ran(facts)) is not None:
+                gnb, amf = (src, dst) if from_ran else (dst, src)   # the message's direction says
             try:
                 for change in self.n2.on_ngap(ts_ns, assoc, gnb, amf, facts):
                     self._emit_n2(ts_ns, change)
@@ -145,6 +163,8 @@ class ControlPlane:
             s4 = self._n4_for(s)
             if s4 is not None and s4.up_seid is not None:
                 app["seid"] = s4.up_seid
+        if change.extra:
+            app.update(change.extra)
         app = {k: v for k, v in app.items() if v is not None}
         ue = {k: v for k, v in ue.items() if v is not None}
         self.emit(make_event(change.kind, ts_ns, "n2", self.tap_id, ue=ue, app=app))
@@ -195,6 +215,11 @@ class ControlPlane:
                     out[k] = v
             if s2.qfis:
                 out["qfi"] = s2.qfis[0]
+            if s2.cell:
+                out["cell"] = s2.cell
+        gnb = self._serving_gnb(s4, s2)
+        if gnb is not None:
+            out["gnb_ip"] = gnb
         if s4 is not None:
             uid = s4.user_id or {}
             supi = uid.get("supi") or (f"imsi-{uid['imsi']}" if uid.get("imsi") else None)
@@ -209,6 +234,19 @@ class ControlPlane:
             if ni:
                 out["dnn"] = ni
         return out or None
+
+    def _serving_gnb(self, s4: N4Session | None, s2: N2Session | None) -> str | None:
+        """The gNB end of the session's DL tunnel: N2's or N4's, whichever was bound last (in a
+        handover N2 usually learns the new gNB first, N4 when the SMF switches the UPF)."""
+        dl4 = s4.dl_tunnels() if s4 is not None else []
+        t4 = dl4[0] if dl4 else None
+        t2 = s2.dl if s2 is not None else None
+        if t4 is None or t2 is None:
+            t = t4 or t2
+            return t.addr if t is not None else None
+        if self.n2.tunnel_ts.get(t2, -1) > self.n4.tunnel_ts.get(t4, -1):
+            return t2.addr
+        return t4.addr
 
     def _apply_static(self, ip: str | None, out: dict[str, Any]) -> None:
         if self.static is None:
@@ -242,6 +280,11 @@ class ControlPlane:
             key = Tunnel(tunnel_dst, teid)
             s4 = self.n4.by_tunnel.get(key)
             s2 = self.n2.by_tunnel.get(key)
+            if s4 is None and s2 is None:
+                # a path a handover left: the End Marker on it, a late packet (not the TEID
+                # alone below: another UE may hold that TEID at another address by now)
+                s4 = self.n4.moved.get(key)
+                s2 = self.n2.moved.get(key)
         if s4 is None and s2 is None:
             s4 = self.n4.by_teid.get(teid)
             s2 = self.n2.by_teid.get(teid)

@@ -9,10 +9,14 @@ F-SEID at the SMF's address (responses and Session Report Requests).
 
 ``N4Sessions.on_message`` returns the changes to report, as ``N4Change`` records:
 "up" (Session Establishment), "modify" (Session Modification; details: the fields
-of the session's view that changed) and "down" (details: "deletion", or
-"association" when the peer restarted or released the PFCP association). Indexes
-``by_tunnel`` (UL and DL ``Tunnel``), ``by_teid``, ``by_ue_ip`` always reflect live
-sessions only; ``tunnel_ts`` records when each tunnel was bound (for a tie with N2).
+of the session's view that changed; ``before``: the view before it; ``end_marker``: the
+SMF asked for End Markers on the old path, TS 29.244 §8.2.47 SNDEM) and "down" (details:
+"deletion", or "association" when the peer restarted or released the PFCP association).
+Indexes ``by_tunnel`` (UL and DL ``Tunnel``), ``by_teid``, ``by_ue_ip`` always reflect
+live sessions only; ``tunnel_ts`` records when each tunnel was bound (for a tie with N2).
+A tunnel a modification replaced (the DL tunnel of a handover: Update FAR, Update
+Forwarding Parameters, Outer Header Creation) is remembered in ``moved`` while its session
+lives (bounded), so an End Marker or a late packet on the old path still names the UE.
 
 Drops, each counted: the oldest unanswered request past MAX_PENDING
 (``pfcp.unanswered_dropped``), a message type not handled (``pfcp.unsupported_type``),
@@ -37,6 +41,7 @@ from upf_tap.control.tunnel import Tunnel
 
 MAX_PENDING = 65_536      # unanswered requests kept (oldest dropped first)
 MAX_ANSWERED = 4_096      # recently answered keys, to tell duplicates from strays
+MAX_MOVED = 100_000       # tunnels replaced by a modification, remembered for late packets
 
 
 @dataclass(slots=True)
@@ -53,6 +58,7 @@ class N4Session:
     user_id: dict[str, str] | None = None
     cp_node: str | None = None
     up_node: str | None = None
+    moved_from: list[Tunnel] = field(default_factory=list)   # its entries in N4Sessions.moved
 
     # ---- derived view (recomputed after each accepted message)
     def ul_tunnels(self) -> list[Tunnel]:
@@ -136,6 +142,8 @@ class N4Change(NamedTuple):
     kind: str                 # "up" | "modify" | "down"
     session: N4Session
     details: list[str]        # modify: the view's fields that changed; down: the reason
+    before: dict[str, Any] | None = None   # modify: the view before
+    end_marker: bool = False               # modify: the SMF asked for End Markers (SNDEM)
 
 
 @dataclass(slots=True)
@@ -189,6 +197,7 @@ class N4Sessions:
         self.by_teid: dict[int, N4Session] = {}      # TEID alone, for taps that see other addresses
         self.tunnel_ts: dict[Tunnel, int] = {}         # when each tunnel was bound to its session
         self.by_ue_ip: dict[str, N4Session] = {}
+        self.moved: dict[Tunnel, N4Session] = {}       # tunnels a modification replaced, newest last
         self.nodes: dict[str, dict[str, Any]] = {}     # N4 address -> node id, recovery time
 
     # ------------------------------------------------------------------ input
@@ -315,9 +324,15 @@ class N4Sessions:
         self._unindex(s)
         self._apply(s, req.facts, resp)
         self._index(s, ts_ns, keep=old_tunnels)
+        for t in old_tunnels - set(s.ul_tunnels() + s.dl_tunnels()):
+            self.moved[t] = s
+            s.moved_from = [*s.moved_from[-7:], t]    # the last few are enough for late packets
+            if len(self.moved) > MAX_MOVED:
+                self.moved.pop(next(iter(self.moved)))
         after = s.view()
         changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        return [N4Change("modify", s, changed)]
+        sndem = any(f.send_end_marker for f in req.facts.fars)
+        return [N4Change("modify", s, changed, before, sndem)]
 
     def _deleted(self, req: _Pending, msg: pfcp.PfcpMessage, requester: str,
                  responder: str) -> list[N4Change]:
@@ -347,6 +362,7 @@ class N4Sessions:
                 self.tunnel_ts[t] = ts_ns
             self.by_tunnel[t] = s
             self.by_teid[t.teid] = s
+            self.moved.pop(t, None)           # bound again: no longer a path left behind
         for ip in s.ue_ips():
             self.by_ue_ip[ip] = s
 
@@ -362,6 +378,9 @@ class N4Sessions:
 
     def _forget(self, s: N4Session) -> None:
         self._unindex(s)
+        for t in s.moved_from:
+            if self.moved.get(t) is s:
+                del self.moved[t]
         for t in s.ul_tunnels() + s.dl_tunnels():
             if t not in self.by_tunnel:
                 self.tunnel_ts.pop(t, None)

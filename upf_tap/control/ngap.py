@@ -5,6 +5,15 @@ NGAP message, once. ``decode`` returns ``NgapFacts``: the UE's NGAP ids, the NAS
 carried, the PDU sessions being set up (UL tunnel from the setup request transfer,
 DL tunnel from the response transfer, QoS flows, S-NSSAI) or released, and the
 5G-S-TMSI of an Initial UE Message. Malformed input raises ``NgapError``.
+
+Mobility (TS 38.413 §8.4): a Path Switch Request (procedure 25; Xn handover) gives the
+UE's new RAN-UE-NGAP-ID, its Source AMF-UE-NGAP-ID and, per PDU session, the new DL
+tunnel (PathSwitchRequestTransfer: dL-NGU-UP-TNLInformation); its Acknowledge the
+sessions switched (and a new UL tunnel, if any). An N2 handover is Handover Required
+(procedure 12: the sessions, the target), Handover Request (13: the sessions' UL tunnels
+at the target side), its Acknowledge (13: the admitted sessions' DL tunnels at the
+target gNB) and Handover Notify (11: the UE arrived). The User Location Information
+(NR CGI and TAI), wherever it appears, gives the UE's cell.
 """
 
 from __future__ import annotations
@@ -13,10 +22,26 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from upf_tap.control import nas
 from upf_tap.control.tunnel import Tunnel
 
 _pdu: Any = None
 _transfers: dict[str, Any] = {}
+
+# procedure codes (TS 38.413 §9.4.7, as pycrate's NGAP-Constants has them)
+PROC_HANDOVER_CANCEL = 10
+PROC_HANDOVER_NOTIFICATION = 11
+PROC_HANDOVER_PREPARATION = 12
+PROC_HANDOVER_RESOURCE_ALLOCATION = 13
+PROC_PATH_SWITCH_REQUEST = 25
+
+IE_SOURCE_AMF_UE_NGAP_ID = 100   # id-SourceAMF-UE-NGAP-ID: an AMF-UE-NGAP-ID, told apart by its id
+
+# Which side starts each procedure (TS 38.413 §8): its initiating message comes from there and
+# its outcomes from the other. Used when the SCTP ports do not tell the gNB from the AMF (both
+# ends on 38412, as some gNBs bind); procedures started by either side are in neither set.
+RAN_INITIATED = frozenset({10, 11, 12, 15, 18, 19, 21, 25, 27, 30, 35, 37, 42, 44, 46, 48, 49})
+AMF_INITIATED = frozenset({0, 4, 7, 13, 14, 24, 26, 28, 29, 36, 40, 41, 43})
 
 
 def _ngap_pdu() -> Any:
@@ -29,6 +54,9 @@ def _ngap_pdu() -> Any:
             NGAP.NGAP_IEs.PDUSessionResourceSetupRequestTransfer
         _transfers["PDUSessionResourceSetupResponseTransfer"] = \
             NGAP.NGAP_IEs.PDUSessionResourceSetupResponseTransfer
+        for name in ("PathSwitchRequestTransfer", "PathSwitchRequestAcknowledgeTransfer",
+                     "HandoverRequestAcknowledgeTransfer"):
+            _transfers[name] = getattr(NGAP.NGAP_IEs, name)
     return _pdu
 
 
@@ -45,6 +73,26 @@ class PduSessionItem:
     nas: bytes | None = None
 
 
+@dataclass(slots=True, frozen=True)
+class Location:
+    """Where the UE is: NR CGI (PLMN, 36-bit NR cell identity) and TAI (PLMN, TAC)."""
+
+    plmn: str                         # the cell's PLMN, "mcc-mnc"
+    nci: int
+    tai_plmn: str
+    tac: int
+
+    def cell_text(self) -> str:
+        """The NR CGI as one string: "999-70-000000010" (the NCI in 9 hex digits)."""
+        return f"{self.plmn}-{self.nci:09x}"
+
+    def cell(self) -> dict[str, Any]:
+        return {"plmn": self.plmn, "nci": f"{self.nci:09x}"}
+
+    def tai(self) -> dict[str, Any]:
+        return {"plmn": self.tai_plmn, "tac": self.tac}
+
+
 @dataclass(slots=True)
 class NgapFacts:
     procedure: int
@@ -57,6 +105,15 @@ class NgapFacts:
     setup_responses: list[PduSessionItem] = field(default_factory=list)
     released: list[int] = field(default_factory=list)
     s_tmsi: tuple[int, int, int] | None = None   # (AMF set id, AMF pointer, 5G-TMSI)
+    location: Location | None = None             # User Location Information (NR)
+    source_amf_ue_id: int | None = None          # Path Switch Request: the UE's AMF id before
+    switch_dl: list[PduSessionItem] = field(default_factory=list)    # path switch: new DL tunnels
+    switched: list[PduSessionItem] = field(default_factory=list)     # its ack: switched (new UL, if any)
+    ho_required: list[int] = field(default_factory=list)            # Handover Required: PSIs
+    ho_setup: list[PduSessionItem] = field(default_factory=list)     # Handover Request: UL tunnels
+    ho_admitted: list[PduSessionItem] = field(default_factory=list)  # its ack: target DL tunnels
+    ho_type: str | None = None                   # HandoverType: intra5gs, fivegs-to-eps, ...
+    target: dict[str, Any] | None = None         # Handover Required's TargetID (gNB, TAI)
 
 
 def transport_address(bits: tuple[int, int]) -> str:
@@ -111,6 +168,68 @@ def _setup_request_item(item: dict[str, Any]) -> PduSessionItem:
     return out
 
 
+def plmn_text(raw: bytes) -> str | None:
+    """A PLMN identity (3 BCD octets) as "mcc-mnc", or None if its digits are not decimal."""
+    try:
+        mcc, mnc = nas.plmn(bytes(raw))
+    except nas.NasError:
+        return None
+    return f"{mcc}-{mnc}"
+
+
+def _location(val: Any) -> Location | None:
+    """User Location Information: only the NR form names a cell the tap reports (E-UTRA and
+    N3IWF forms are left out)."""
+    if not (isinstance(val, tuple) and val[0] == "userLocationInformationNR"):
+        return None
+    cgi, tai = val[1]["nR-CGI"], val[1]["tAI"]
+    plmn, tai_plmn = plmn_text(cgi["pLMNIdentity"]), plmn_text(tai["pLMNIdentity"])
+    if plmn is None or tai_plmn is None:
+        return None     # a garbled PLMN: no location rather than a wrong one
+    return Location(plmn, cgi["nRCellIdentity"][0], tai_plmn, int.from_bytes(tai["tAC"], "big"))
+
+
+def _dl_item(item: dict[str, Any], field_name: str, transfer: str, key: str) -> PduSessionItem:
+    """A PSI and the tunnel a transfer carries under ``key`` (path switch / handover items)."""
+    out = PduSessionItem(psi=item["pDUSessionID"])
+    tr = _transfer(item.get(field_name), transfer)
+    if tr:
+        out.tunnel = _tunnel(tr.get(key))
+        if transfer == "PathSwitchRequestTransfer":
+            out.qfis = [q["qosFlowIdentifier"] for q in tr.get("qosFlowAcceptedList", [])]
+        elif transfer == "HandoverRequestAcknowledgeTransfer":
+            out.qfis = [q["qosFlowIdentifier"] for q in tr.get("qosFlowSetupResponseList", [])]
+    return out
+
+
+def _ho_setup_item(item: dict[str, Any]) -> PduSessionItem:
+    """A Handover Request item: its transfer is a PDU Session Resource Setup Request Transfer."""
+    as_setup = {"pDUSessionID": item["pDUSessionID"],
+                "pDUSessionResourceSetupRequestTransfer": item.get("handoverRequestTransfer")}
+    if "s-NSSAI" in item:
+        as_setup["s-NSSAI"] = item["s-NSSAI"]
+    return _setup_request_item(as_setup)
+
+
+def _target(val: Any) -> dict[str, Any] | None:
+    """TargetID of a Handover Required: the target gNB (PLMN, gNB id) and its TAI."""
+    if not (isinstance(val, tuple) and val[0] == "targetRANNodeID"):
+        return None
+    out: dict[str, Any] = {}
+    node = val[1].get("globalRANNodeID")
+    if isinstance(node, tuple) and node[0] == "globalGNB-ID":
+        gnb_id = node[1]["gNB-ID"]
+        if isinstance(gnb_id, tuple) and gnb_id[0] == "gNB-ID":
+            value, nbits = gnb_id[1]
+            out["gnb_id"] = value
+            out["gnb_id_bits"] = nbits
+        out["plmn"] = plmn_text(node[1]["pLMNIdentity"])
+    tai = val[1].get("selectedTAI")
+    if tai:
+        out["tai"] = {"plmn": plmn_text(tai["pLMNIdentity"]), "tac": int.from_bytes(tai["tAC"], "big")}
+    return {k: v for k, v in out.items() if v is not None} or None
+
+
 def _setup_response_item(item: dict[str, Any]) -> PduSessionItem:
     out = PduSessionItem(psi=item["pDUSessionID"])
     tr = _transfer(item.get("pDUSessionResourceSetupResponseTransfer"),
@@ -122,6 +241,15 @@ def _setup_response_item(item: dict[str, Any]) -> PduSessionItem:
     return out
 
 
+def sent_by_ran(f: NgapFacts) -> bool | None:
+    """Did the NG-RAN node send this message (None: the procedure goes either way)?"""
+    if f.procedure in RAN_INITIATED:
+        return f.outcome == "initiatingMessage"
+    if f.procedure in AMF_INITIATED:
+        return f.outcome != "initiatingMessage"
+    return None
+
+
 def decode(data: bytes) -> NgapFacts:
     pdu = _ngap_pdu()
     try:
@@ -130,6 +258,9 @@ def decode(data: bytes) -> NgapFacts:
         message, value = body["value"]
         facts = NgapFacts(procedure=body["procedureCode"], outcome=outcome, message=message)
         for ie in value.get("protocolIEs", []):
+            if ie["id"] == IE_SOURCE_AMF_UE_NGAP_ID:
+                facts.source_amf_ue_id = ie["value"][1]
+                continue
             _ie(facts, *ie["value"])
     except NgapError:
         raise
@@ -158,5 +289,26 @@ def _ie(facts: NgapFacts, name: str, val: Any) -> None:
             facts.ran_ue_id = ids["rAN-UE-NGAP-ID"]
         elif kind == "aMF-UE-NGAP-ID":
             facts.amf_ue_id = ids
+    elif name == "UserLocationInformation":
+        facts.location = _location(val)
+    elif name == "PDUSessionResourceToBeSwitchedDLList":
+        facts.switch_dl.extend(_dl_item(it, "pathSwitchRequestTransfer", "PathSwitchRequestTransfer",
+                                        "dL-NGU-UP-TNLInformation") for it in val)
+    elif name == "PDUSessionResourceSwitchedList":
+        facts.switched.extend(_dl_item(it, "pathSwitchRequestAcknowledgeTransfer",
+                                       "PathSwitchRequestAcknowledgeTransfer", "uL-NGU-UP-TNLInformation")
+                              for it in val)
+    elif name == "PDUSessionResourceListHORqd":
+        facts.ho_required.extend(it["pDUSessionID"] for it in val)
+    elif name == "PDUSessionResourceSetupListHOReq":
+        facts.ho_setup.extend(_ho_setup_item(it) for it in val)
+    elif name == "PDUSessionResourceAdmittedList":
+        facts.ho_admitted.extend(_dl_item(it, "handoverRequestAcknowledgeTransfer",
+                                          "HandoverRequestAcknowledgeTransfer", "dL-NGU-UP-TNLInformation")
+                                 for it in val)
+    elif name == "HandoverType":
+        facts.ho_type = val
+    elif name == "TargetID":
+        facts.target = _target(val)
     elif name == "FiveG-S-TMSI":
         facts.s_tmsi = (val["aMFSetID"][0], val["aMFPointer"][0], int.from_bytes(val["fiveG-TMSI"], "big"))

@@ -43,6 +43,7 @@ IE_UPDATE_QER = 14
 IE_REMOVE_PDR = 15
 IE_REMOVE_FAR = 16
 IE_CAUSE = 19
+IE_PFCPSMREQ_FLAGS = 49
 IE_SOURCE_INTERFACE = 20
 IE_F_TEID = 21
 IE_NETWORK_INSTANCE = 22
@@ -59,6 +60,10 @@ IE_QFI = 124
 IE_USER_ID = 141
 
 CAUSE_ACCEPTED = 1
+
+# PFCPSMReq-Flags (§8.2.47), in Update Forwarding Parameters: SNDEM asks the UP function to
+# send End Marker packets on the old path when the FAR's Outer Header Creation changes
+SMREQ_SNDEM = 0x02
 
 # interface values (§8.2.2 Source Interface, §8.2.24 Destination Interface)
 IFACE_ACCESS = 0
@@ -344,6 +349,7 @@ class Far:
     dest_iface: int | None = None
     ohc: dict[str, Any] | None = None
     network_instance: str | None = None
+    send_end_marker: bool = False     # Update Forwarding Parameters' PFCPSMReq-Flags SNDEM
 
 
 @dataclass(slots=True)
@@ -410,6 +416,8 @@ def _far(buf: bytes, s: int, e: int) -> Far:
                     far.ohc = decode_outer_header_creation(buf, s2, e2)
                 elif t2 == IE_NETWORK_INSTANCE:
                     far.network_instance = decode_network_instance(buf[s2:e2])
+                elif t2 == IE_PFCPSMREQ_FLAGS and t == IE_UPDATE_FORWARDING_PARAMETERS:
+                    far.send_end_marker = bool(u8(buf, s2, e2, "PFCPSMReq-Flags") & SMREQ_SNDEM)
     return far
 
 
