@@ -16,7 +16,8 @@ A scenario file (YAML) - see docs/scenarios.md::
       - {ue: 2, at: 1.0, ping: {host: 10.200.0.10}}
       - {ue: 2, at: 2.0, release: {}}
       # with sites: 2 -- {ue: 1, at: 3.0, handover: {to: gnb2}} (path switch to the other gNB, same
-      # UPF) and {ue: 1, at: 6.0, relocate: {to: site2}} (a new PDU session at site 2's UPF)
+      # UPF) and {ue: 1, at: 6.0, relocate: {to: site2, hold: 1}} (a new PDU session at site 2's UPF;
+      # the old one is kept `hold` seconds for the connections still on it, then released)
     expect:
       deadline: 15
       cloudevents:
@@ -173,6 +174,9 @@ def load_scenario(path: Path) -> Scenario:
                 raise ScenarioError(f"{at}: {kinds[0]} needs two MEC sites (sites: 2)")
             spec = {**spec, "to": _target(spec["to"], "gnb" if kinds[0] == "handover" else "site", sites,
                                           f"{at}.{kinds[0]}.to")}
+            hold = spec.get("hold", 0)  # relocate: seconds the old session is kept for its connections
+            if set(spec) - {"to", "hold"} or not isinstance(hold, int | float) or not 0 <= hold <= 60:
+                raise ScenarioError(f"{at}: {kinds[0]} takes to (and, for relocate, hold: 0-60 seconds)")
         actions.append(Action(ue, when, kinds[0], spec, str(a.get("tag", ""))))
     expect = doc.get("expect") or {}
     if not isinstance(expect, dict):
@@ -265,7 +269,7 @@ def run_ue_plans(stack: Any, actions: list[Action], start: float) -> list[dict[s
             elif a.kind == "handover":
                 rec["session"] = stack.lab.handover(a.ue, to_gnb=a.spec["to"])
             else:
-                rec["session"] = stack.lab.relocate(a.ue, to_site=a.spec["to"])
+                rec["session"] = stack.lab.relocate(a.ue, to_site=a.spec["to"], hold=float(a.spec.get("hold", 0.0)))
         except Exception as e:  # a failed procedure is a failed action, reported with the others
             rec.update(ok=False, error=f"{type(e).__name__}: {e}")
         rec["elapsed"] = round(time.time() - rec["t"], 4)

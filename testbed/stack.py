@@ -81,6 +81,7 @@ class Stack:
     sink_url: str = ""                # the detector's sink when not the broker (a fault proxy in front of it)
     tap_args: list[str] = field(default_factory=list)       # more `upf-tap live` options (e.g. --spool)
     detector_args: list[str] = field(default_factory=list)  # more `detector serve` options
+    broker_args: list[str] = field(default_factory=list)    # more `testbed broker` options (e.g. --idle-window)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     launches: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict)
     keep_capture: bool = False        # hold the tap's capture sockets (an fd store) so a restart loses no packet
@@ -227,7 +228,7 @@ class Stack:
         proc, log = self._spawn(name, [sys.executable, "-m", "testbed", "broker", "--manifests",
                                        str(self.manifests), "--listen", url.removeprefix("http://"),
                                        "--state-dir", str(self.workdir / name),
-                                       "--local-api"],  # broker_events/broker_stats read /_local
+                                       "--local-api", *self.broker_args],  # broker_events/broker_stats read /_local
                                 env={"FN_JOURNAL": "1"})
         wait_http(f"{url}/_local/healthz", f"the local broker{at}", proc, log=log)
 
