@@ -198,10 +198,10 @@ def load_scenario(path: Path) -> Scenario:
     for i, f in enumerate(expect.get("functions") or []):
         if not isinstance(f, dict) or "service" not in f:
             raise ScenarioError(f"{where}: expect.functions[{i}]: needs service")
-        at = None if f.get("site") is None else _target(f["site"], "site", sites, f"{where}: expect.functions[{i}].site")
-        key = str(f["service"]) if at is None else f"{f['service']}@site{at}"  # one service may be expected per site
+        fsite = None if f.get("site") is None else _target(f["site"], "site", sites, f"{where}: expect.functions[{i}].site")
+        key = str(f["service"]) if fsite is None else f"{f['service']}@site{fsite}"  # one service may be expected per site
         functions[key] = int(f.get("min", 1))
-        function_sites[key] = at
+        function_sites[key] = fsite
     deadline = float(expect.get("deadline", 15))
     return Scenario(str(doc.get("name") or Path(path).stem), ues, sorted(actions, key=lambda a: a.at),
                     events, functions, deadline, Path(path), eventing, sites, function_sites)
