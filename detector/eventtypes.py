@@ -54,7 +54,7 @@ SAMPLE_FUNCTIONS = (("fn-buy", "testbed.functions.buy"), ("fn-dns-edge", "testbe
 # tests/detector/test_det_eventtypes.py keeps this list equal to the tap's code
 TAP_CORE_KINDS = ("flow.start", "flow.end", "session.up", "session.modify", "session.down",
                   "ue.registered", "ue.deregistered", "ue.context_release", "pdu_session.setup",
-                  "pdu_session.release", "ngap.path_switch", "ngap.handover")
+                  "pdu_session.release", "ngap.path_switch", "ngap.handover", "gtpu.end_marker")
 KIND_TEXT = {
     "http.request": "an HTTP request from a UE",
     "dns.query": "a DNS query",
@@ -76,6 +76,7 @@ KIND_TEXT = {
     "pdu_session.release": "a PDU session resource release on N2 by NGAP",
     "ngap.path_switch": "an Xn handover on N2: NGAP Path Switch Request Acknowledge (the sessions' new gNB)",
     "ngap.handover": "an N2 handover on N2: NGAP Handover Notify (the UE arrived at the target gNB)",
+    "gtpu.end_marker": "a GTP-U End Marker on N3: the UPF closed a UE's old downlink path after a path switch",
 }
 # what a type means, where more can be said than its AppEvent kind
 TYPE_TEXT = {

@@ -170,6 +170,7 @@ def test_the_tap_kinds_list_agrees_with_the_tap_code() -> None:
     core = set(re.findall(r'self\._emit\("([a-z_.]+)"', src["pipeline.py"]))
     core |= {f"session.{k}" for k in re.findall(r'N4Change\("(\w+)"', src["n4.py"])}
     core |= set(re.findall(r'_change\("([a-z_.]+)"', src["n2.py"]))
+    core |= set(re.findall(r'make_event\("([a-z_.]+)"', src["events.py"]))  # e.g. gtpu.end_marker
     assert core == set(et.TAP_CORE_KINDS)
     declared_in_dissectors = set()
     for p in (REPO / "upf_tap" / "dissect").glob("*.py"):

@@ -12,18 +12,16 @@ As root (CI is root).
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from testbed import mobility as bm
 from testbed.scenario import Action, load_scenario, run_on_stack, run_ue_plans
 from testbed.stack import Stack
 
 REPO = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(REPO / "bench"))
-import bench_mobility as bm  # noqa: E402
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
