@@ -1,6 +1,6 @@
 """Run every benchmark, one after another, and print one table (what `make bench` runs).
 
-    .venv/bin/python bench/run_all.py [--quick] [--only tap,detector,live,e2e] [--json FILE]
+    .venv/bin/python bench/run_all.py [--quick] [--only tap,detector,live,e2e,soak,mobility] [--json FILE]
 
 Each benchmark runs as its own process with `--json` and keeps its own output (progress and
 its full report) on the terminal; the table at the end takes one line per headline number,
@@ -99,6 +99,19 @@ def _soak_rows(r: dict[str, Any]) -> list[Row]:
             ("  largest RSS growth of a process (%)", f"{flat:+.1f}", "target flat")]
 
 
+def _mobility_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for run in r["runs"]:
+        first = run["first_start_s"]
+        rows.append((f"mobility, {run['label']}: lost / duplicated", f"{run['lost']} / {run['duplicated']}",
+                     f"{run['answered']} clicks over {run['moves']} moves, target 0 lost"))
+        if first["n"]:
+            rows.append(("  first function start at the target site p50 / p99 (ms)",
+                         f"{first['p50'] * 1000:.0f} / {first['p99'] * 1000:.0f}",
+                         f"cold starts {run['first_cold']}/{run['first_seen']}"))
+    return rows
+
+
 BENCHES = [
     Bench("tap", "bench_tap.py", [], ["--packets", "100000", "--rounds", "2"], False, _tap_rows),
     Bench("detector", "bench_detector.py", [], ["--events", "5000", "--seconds", "3"], False, _detector_rows),
@@ -106,6 +119,7 @@ BENCHES = [
           True, _live_rows),
     Bench("e2e", "bench_e2e.py", [], ["--rates", "10,100", "--seconds", "5"], True, _e2e_rows),
     Bench("soak", "bench_soak.py", [], ["--seconds", "30", "--rate", "100", "--settle", "60"], True, _soak_rows),
+    Bench("mobility", "bench_mobility.py", [], ["--moves", "2"], True, _mobility_rows),
 ]
 
 
