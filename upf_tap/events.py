@@ -43,6 +43,11 @@ AppEvent = dict[str, Any]
 
 _SPANS = otlp_from_env("upf-tap")   # None unless OTLP export is configured
 
+# The two encodings of every event, made once: json.dumps with any non-default option builds a
+# new JSONEncoder per call (about 2 µs of an event's 30). Same options, same bytes.
+_id_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+_line_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
 _MAX_SEC = 253_402_300_799  # 9999-12-31T23:59:59: RFC 3339 years have four digits
 
 
@@ -62,7 +67,7 @@ def stable_id(event: AppEvent, ts_ns: int, seq: int = 0) -> str:
 
     ``seq`` separates events that are otherwise identical within one packet.
     """
-    body = json.dumps(event, sort_keys=True, separators=(",", ":"), default=str)
+    body = _id_json(event)
     h = blake2b(digest_size=16)
     h.update(f"{ts_ns}|{seq}|".encode())
     h.update(body.encode())
@@ -161,4 +166,4 @@ def make_event(
 
 
 def to_json_line(event: AppEvent) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return _line_json(event)
