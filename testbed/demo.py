@@ -11,6 +11,14 @@ function start → function done), cold (first use, functions scaled from zero) 
 p50/p95/p99, and is written as JSON, HTML and a PNG plot. It also shows one action's whole trace
 (`--trace N`, default the first warm buy): its spans from the packet to the function, rebuilt
 from the time stamps with the ids the stages export over OTLP (mec_common/tracing.py).
+
+With `--sites 2` (sim mode) the lab has two MEC sites, each with its gNB, UPF, tap, detector and
+broker (docs/sim-sites.md). After the usual actions UE 1 clicks "buy" while the testbed moves it
+to site 2 and back, twice, with both procedures (testbed/mobility.py's TOUR: relocate, handover,
+handover, relocate); the report's Mobility section gives each move's interruption and first
+function start at the target site (cold or pre-warmed), the clicks lost or duplicated, the
+detectors' mec.ue.moved events and warm-ups, and a plot of the site that served each click.
+Its detectors' rules are bench/rules-e2e.yaml (unless --rules): every click is an event.
 """
 
 from __future__ import annotations
@@ -49,6 +57,10 @@ from testbed.constants import supi
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CAPTURE = REPO / "testbed" / "data" / "demo-n3-n4.pcapng"
 SHOP_URL = "http://shop.mec.local/api/v1/buy"
+MOBILITY_STAY = 3.0    # --sites 2: seconds UE 1 stays at a site between moves
+MOBILITY_RATE = 5.0    # --sites 2: UE 1's clicks per second while it moves
+MOBILITY_HOLD = 1.0    # --sites 2: relocate keeps the old PDU session this long for its connections
+MOBILITY_SETTLE = 2.0  # --sites 2: seconds after the last click before the sites' journals are read
 STAGES = (
     ("ue_to_tap", "UE send → tap capture", "t_send", "t_capture"),
     ("tap_to_detector", "tap capture → detector", "t_capture", "t_detector"),
@@ -167,7 +179,8 @@ def build_traces(actions: list[dict[str, Any]], events: list[dict[str, Any]],
         seen = inv_by_id.get(str(inv.get("id")))
         if seen is None or (seen.get("service") == "fn-logger" and inv.get("service") != "fn-logger"):
             inv_by_id[inv["id"]] = inv
-    first_start = {i["service"]: i["start"] for i in invocations if i.get("first")}
+    # per site (--sites 2: each site's functions start from zero on their own)
+    first_start = {(i.get("site"), i["service"]): i["start"] for i in invocations if i.get("first")}
     traces = []
     for a in actions:
         phase, _, key = str(a.get("tag", "")).partition(":")
@@ -190,7 +203,7 @@ def build_traces(actions: list[dict[str, Any]], events: list[dict[str, Any]],
                 tr.function, tr.t_fn_start, tr.t_fn_end = inv["service"], inv["start"], inv["end"]
                 # cold: the function process was started for this event, or the event waited in
                 # the activator while it started (accepted before the first request began)
-                first = first_start.get(inv["service"])
+                first = first_start.get((inv.get("site"), inv["service"]))
                 waited = first is not None and tr.t_broker is not None and tr.t_broker <= first
                 tr.phase = "cold" if inv.get("first") or waited else "warm"
                 if phase == "replay":
@@ -387,7 +400,8 @@ def write_plot(summary: dict[str, Any], path: Path) -> bool:
 
 
 def write_html(traces: list[Trace], summary: dict[str, Any], meta: dict[str, Any], path: Path,
-               plot: str | None, trace: dict[str, Any] | None = None) -> None:
+               plot: str | None, trace: dict[str, Any] | None = None,
+               mobility: dict[str, Any] | None = None) -> None:
     rows = []
     for phase in ("cold", "warm"):
         for name, label, _a, _b in STAGES:
@@ -409,7 +423,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:nth-child(2){{
 {f'<img src="{plot}" alt="stage latencies">' if plot else ''}
 <h2>Stage latency (ms)</h2><table><tr><th>phase</th><th>stage</th><th>n</th><th>p50</th><th>p95</th><th>p99</th></tr>
 {''.join(rows)}</table>
-{trace_html(trace)}
+{trace_html(trace)}{mobility_html(mobility)}
 <h2>UE actions</h2><table><tr><th>UE</th><th>action</th><th>phase</th><th>CloudEvent</th><th>function</th>
 <th>UE→function start (ms)</th><th>SUPI</th><th>ran</th></tr>{''.join(acts)}</table>
 <h2>Run</h2><pre>{html.escape(json.dumps(meta, indent=1))}</pre></body></html>
@@ -417,33 +431,197 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:nth-child(2){{
     path.write_text(doc)
 
 
+# ---------------------------------------------------------------------- mobility (--sites 2)
+def mobility_report(results: list[dict[str, Any]], events: list[dict[str, Any]], invocations: list[dict[str, Any]],
+                    prewarm: bool, rules: Path | None = None) -> dict[str, Any]:
+    """report.json's `mobility`: testbed.mobility.analyse() of UE 1's clicks and moves, plus the
+    detectors' mec.ue.moved events and warm-ups, and the plan that was run."""
+    from testbed import mobility
+
+    accepted = mobility.broker_accepted(events)
+    out = mobility.analyse(results, accepted, invocations)
+    moved = mobility.moved_events(accepted, supi(1))
+    out.update(
+        sites=2, prewarm=prewarm, ue=1, rules=str(rules or mobility.RULES),
+        plan={"procedures": list(mobility.TOUR), "stay_s": MOBILITY_STAY, "rate": MOBILITY_RATE,
+              "hold_s": MOBILITY_HOLD},
+        moved_events=len(moved),
+        moved=[{"site": e["site"], "from": e["attributes"].get("fromsite"), "to": e["attributes"].get("tosite"),
+                "time": e["attributes"].get("time")} for e in sorted(moved, key=lambda e: e.get("accepted") or 0)],
+        warmups=sum(1 for e in accepted if mobility.is_warmup(e)),
+        plot=None, plot_note="")
+    return out
+
+
+def _move_target(m: dict[str, Any]) -> str:
+    to = m.get("to_site")
+    return f"gNB {to} (site {to})" if m.get("kind") == "handover" else f"site {to}"
+
+
+def _ms_or_dash(seconds: Any) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def mobility_failures(mob: dict[str, Any]) -> list[str]:
+    """What makes a --sites 2 run fail: a move that failed, a click lost, duplicated or not
+    answered, a move the detectors did not report."""
+    bad = []
+    if mob["moves_failed"]:
+        bad.append(f"{mob['moves_failed']} moves failed")
+    if mob["lost"]:
+        bad.append(f"{mob['lost']} clicks lost {mob['lost_items']}")
+    if mob["duplicated"]:
+        bad.append(f"{mob['duplicated']} clicks duplicated")
+    if mob["failed_clicks"]:
+        bad.append(f"{mob['failed_clicks']} clicks not answered {mob['click_errors']}")
+    if mob["moved_events"] != mob["moves"]:
+        bad.append(f"{mob['moved_events']} mec.ue.moved for {mob['moves']} moves")
+    return bad
+
+
+def mobility_line(mob: dict[str, Any]) -> str:
+    """The Mobility section's one paragraph (the terminal's and the HTML's)."""
+    moves = ", ".join(f"{m.get('kind', '?')} → {_move_target(m)}" for m in mob["per_move"])
+    inter, first = mob["interruption_s"], mob["first_start_s"]
+    inter_txt = (f"interruption of its event stream p50 {_ms_or_dash(inter['p50'])} ms (max {_ms_or_dash(inter['max'])} ms)"
+                 if inter["n"] else "no interruption measured")
+    first_txt = (f"first fn-buy start at the target site p50 {_ms_or_dash(first['p50'])} ms "
+                 f"(max {_ms_or_dash(first['max'])} ms), {mob['first_cold']}/{mob['first_seen']} of them cold starts"
+                 if first["n"] else "no first start at a target site seen")
+    return (f"Mobility (2 MEC sites, pre-warm {'on' if mob['prewarm'] else 'off'}): UE 1 made "
+            f"{mob['moves'] - mob['moves_failed']}/{mob['moves']} moves ({moves}) while it pressed \"buy\" "
+            f"{mob['plan']['rate']:g} times a second: {mob['answered']}/{mob['clicks']} clicks answered, "
+            f"{mob['lost']} lost, {mob['duplicated']} duplicated; the detectors reported {mob['moved_events']} "
+            f"mec.ue.moved and sent {mob['warmups']} warm-ups; {inter_txt}; {first_txt}.")
+
+
+def print_mobility(mob: dict[str, Any], out: Any = sys.stdout) -> None:
+    print("\nMobility: UE 1's moves (interruption: its last CloudEvent before the move to its first after; "
+          "first start: UE send → fn-buy start, first click served at the target site):", file=out)
+    print(f"  {'move':<8}{'procedure':<11}{'to':<20}{'took ms':>9}{'interr. ms':>12}{'1st start ms':>14}  cold",
+          file=out)
+    for m in mob["per_move"]:
+        if not m.get("ok"):
+            print(f"  {m['move']:<8}FAILED: {m.get('error')}", file=out)
+            continue
+        cold = "-" if "first_cold" not in m else ("yes" if m["first_cold"] else "no")
+        print(f"  {m['move']:<8}{m['kind']:<11}{_move_target(m):<20}{_ms_or_dash(m.get('took_s')):>9}"
+              f"{_ms_or_dash(m.get('interruption_s')):>12}{_ms_or_dash(m.get('first_start_s')):>14}  {cold}", file=out)
+    print(f"\n{mobility_line(mob)}", file=out)
+
+
+def mobility_html(mob: dict[str, Any] | None) -> str:
+    """The HTML report's Mobility section: the moves, the totals, the plot (the per-click list is
+    in report.json only)."""
+    if not mob:
+        return ""
+    rows = []
+    for m in mob["per_move"]:
+        if not m.get("ok"):
+            rows.append(f"<tr><td>{html.escape(m['move'])}</td><td colspan=\"6\">failed: "
+                        f"{html.escape(str(m.get('error')))}</td><td>NO</td></tr>")
+            continue
+        cold = "-" if "first_cold" not in m else ("yes" if m["first_cold"] else "no")
+        rows.append(f"<tr><td>{html.escape(m['move'])}</td><td>{html.escape(m['kind'])}</td>"
+                    f"<td>{html.escape(_move_target(m))}</td><td>{_ms_or_dash(m.get('took_s'))}</td>"
+                    f"<td>{_ms_or_dash(m.get('interruption_s'))}</td><td>{_ms_or_dash(m.get('first_start_s'))}</td>"
+                    f"<td>{cold}</td><td>yes</td></tr>")
+
+    def pct(p: dict[str, Any]) -> str:
+        return " / ".join(_ms_or_dash(p[k]) for k in ("p50", "p95", "p99", "max")) if p["n"] else "-"
+
+    totals = [("clicks answered", f"{mob['answered']}/{mob['clicks']}"), ("clicks lost", mob["lost"]),
+              ("clicks duplicated", mob["duplicated"]), ("moves", f"{mob['moves'] - mob['moves_failed']}/{mob['moves']}"),
+              ("mec.ue.moved events", mob["moved_events"]), ("warm-ups sent", mob["warmups"]),
+              ("interruption p50 / p95 / p99 / max (ms)", pct(mob["interruption_s"])),
+              ("first start at the target p50 / p95 / p99 / max (ms)", pct(mob["first_start_s"])),
+              ("first starts that were cold", f"{mob['first_cold']}/{mob['first_seen']}")]
+    total_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in totals)
+    img = (f'<img src="{html.escape(mob["plot"])}" alt="UE 1\'s clicks by serving site">' if mob.get("plot")
+           else f"<p><em>{html.escape(mob.get('plot_note') or 'no plot')}</em></p>")
+    return (f"<h2>Mobility</h2><p>{html.escape(mobility_line(mob))}</p>"
+            "<table><tr><th>move</th><th>procedure</th><th>to</th><th>took (ms)</th><th>interruption (ms)</th>"
+            f"<th>first function start (ms)</th><th>cold?</th><th>ok</th></tr>{''.join(rows)}</table>"
+            f"<h3>Totals</h3><table>{total_rows}</table>{img}"
+            "<p>Every click, with the site that served it: report.json, <code>mobility.served</code>.</p>")
+
+
+def write_mobility_plot(mob: dict[str, Any], path: Path) -> None:
+    """testbed.mobility.plot of UE 1's clicks; sets mob's plot (the file's name) or plot_note."""
+    from testbed import mobility
+
+    try:
+        import matplotlib  # noqa: F401  (the `report` extra)
+    except ImportError:
+        mob["plot_note"] = "no plot: matplotlib is not installed (pip install '.[report]')"
+        return
+    label = f"UE 1, pre-warm {'on' if mob['prewarm'] else 'off'}: each click at the site whose fn-buy served it " \
+            "(dotted: a move)"
+    mobility.plot([{**mob, "label": label}], path)
+    mob["plot"] = path.name
+
+
 # ---------------------------------------------------------------------- modes
 def run_sim(args: argparse.Namespace, out: Path, say: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
                                                                    list[dict[str, Any]]]:
+    from testbed import mobility
     from testbed.scenario import run_ue_plans
     from testbed.stack import Stack
 
     actions = demo_actions(args.ues, args.rounds, args.rate)
+    sites = getattr(args, "sites", 1)
+    two: dict[str, Any] = {}
+    moves: list[Any] = []
+    rules = args.rules
+    if sites > 1:  # after the usual actions, UE 1 moves while it clicks
+        two = {"sites": sites, "prewarm": args.prewarm}
+        # every click an event: the demo's rules merge two buys 50 ms apart (a double click), and a
+        # click that a move delayed goes out right before the next one
+        rules = rules or mobility.RULES
+        moves = mobility.tour(mobility.TOUR, MOBILITY_STAY, MOBILITY_RATE, MOBILITY_HOLD,
+                              at=max(a.at for a in actions) + 0.5)
     with Stack(out / "run", "sim", ues=args.ues, lab_id=args.lab_id, progress=say, eventing=args.eventing,
-               **({"rules": args.rules} if args.rules else {})) as stack:
+               **two, **({"rules": rules} if rules else {})) as stack:
         say(f"UEs act: {len(actions)} actions ({args.ues} UEs; cold round, then {args.rounds} warm buys "
             f"per UE at {args.rate:g}/s)")
-        results = run_ue_plans(stack, actions, time.time() + 0.3)
-        failed = [r for r in results if not r.get("ok")]
-        say(f"UE actions done: {len(results) - len(failed)} ok, {len(failed)} failed; waiting for functions")
-        want = sum(1 for r in results if r.get("ok"))
+        if moves:
+            say(f"then UE 1 clicks {MOBILITY_RATE:g}/s and moves every {MOBILITY_STAY:g} s: "
+                + ", ".join(f"{a.kind} to {'gNB' if a.kind == 'handover' else 'site'} {a.spec['to']}"
+                            for a in moves if a.kind != "http"))
+        results = run_ue_plans(stack, sorted(actions + moves, key=lambda a: a.at), time.time() + 0.3)
+        own = [r for r in results if not mobility.is_mobility_tag(str(r.get("tag", "")))]
+        failed = [r for r in own if not r.get("ok")]
+        say(f"UE actions done: {len(own) - len(failed)} ok, {len(failed)} failed; waiting for functions")
+        if moves:
+            ran = [r for r in results if r.get("kind") in ("handover", "relocate")]
+            say(f"UE 1's moves done: {sum(1 for r in ran if r.get('ok'))}/{len(ran)} ok")
+            time.sleep(MOBILITY_SETTLE)
+        want = sum(1 for r in own if r.get("ok"))
         deadline = time.monotonic() + args.deadline
         while True:
-            events = stack.broker_events(0)
+            events = mobility.site_events(stack) if sites > 1 else stack.broker_events(0)
             invocations = stack.invocations()
-            traces = build_traces(results, events, invocations)
+            traces = build_traces(own, demo_events(events), invocations)
             done = sum(1 for t in traces if t.ok)
-            if done >= want or time.monotonic() > deadline:
+            settled = not moves or mobility.settled(mobility.analyse(results, mobility.broker_accepted(events),
+                                                                     invocations))
+            if (done >= want and settled) or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
-        say(f"{done}/{len(results)} actions reached a function; tearing down")
+        say(f"{done}/{len(own)} actions reached a function; tearing down")
         shutil.copy(stack.workdir / "tap.log", out / "tap.log")
+        for k in range(2, sites + 1):
+            name = f"{stack.part('tap', k)}.log"
+            shutil.copy(stack.workdir / name, out / name)
     return results, events, invocations
+
+
+def demo_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events the usual actions' traces are built from: without the detectors' warm-ups
+    (--sites 2), which carry a copy of a UE's last event of a type."""
+    from testbed.mobility import is_warmup
+
+    return [e for e in events if not is_warmup(e)]
 
 
 def run_replay(args: argparse.Namespace, out: Path, say: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
@@ -500,13 +678,26 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--out", type=Path, help="report directory (default out/demo-<time>)")
     p.add_argument("--capture", help=f"replay mode: capture to feed (default {DEMO_CAPTURE.relative_to(REPO)})")
     p.add_argument("--lab-id", default="demo", help="sim lab id (namespaces mec<ID>-…)")
-    p.add_argument("--rules", type=Path, help="detector rules (default examples/rules/mec-demo.yaml)")
+    p.add_argument("--rules", type=Path, help="detector rules (default examples/rules/mec-demo.yaml; with --sites 2 "
+                                              "bench/rules-e2e.yaml, where every click is an event: no 50 ms "
+                                              "double-click debounce)")
     p.add_argument("--eventing", choices=("broker", "channel"), default="broker",
                    help="the detector's sink: the Broker and its Triggers (default), or the Channel "
                         "mec-events and its Subscriptions (k8s/knative/channel.yaml)")
     p.add_argument("--trace", type=int, metavar="N",
                    help="show the whole trace of UE action N (from 1, as in report.json's traces); "
                         "default: the first warm buy")
+    p.add_argument("--sites", type=int, choices=(1, 2), default=1,
+                   help="MEC sites in the sim lab (default 1). 2: a gNB, UPF, tap, detector and broker per "
+                        "site (docs/sim-sites.md); after the usual actions UE 1 keeps pressing \"buy\" while it "
+                        "is moved to site 2 and back twice (relocate, handover, handover, relocate), and the "
+                        "report gets a Mobility section: each move's interruption and first function start "
+                        "at the target site, clicks lost or duplicated, mec.ue.moved events, warm-ups, a plot "
+                        "of the serving site per click (sim mode only; about 40 s)")
+    p.add_argument("--prewarm", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --sites 2: on a move the detector sends the target site's broker a warm-up for "
+                        "the functions the UE used, so they are running when its next events arrive "
+                        "(default on; --no-prewarm: the first function start at a site may be a cold start)")
     return p
 
 
@@ -526,6 +717,11 @@ def run_demo(args: argparse.Namespace) -> int:
         return 2
     mode = args.mode
     why = _sim_possible()
+    sites = getattr(args, "sites", 1)
+    if sites > 1 and (mode == "replay" or why):
+        print("testbed demo: --sites 2 needs the sim mode, as root with network namespaces"
+              + (f" ({why})" if why else ""), file=sys.stderr)
+        return 2
     if mode == "auto":
         mode = "replay" if why else "sim"
         if why:
@@ -548,6 +744,13 @@ def run_demo(args: argparse.Namespace) -> int:
     except StackError as e:
         print(f"testbed demo: {e}", file=sys.stderr)
         return 1
+    mob = None
+    if sites > 1:
+        from testbed.mobility import is_mobility_tag
+
+        mob = mobility_report(results, events, invocations, args.prewarm, args.rules)
+        results = [r for r in results if not is_mobility_tag(str(r.get("tag", "")))]
+        events = demo_events(events)
     traces = build_traces(results, events, invocations)
     summary = summarize(traces)
     ok = sum(t.ok for t in traces)
@@ -557,6 +760,10 @@ def run_demo(args: argparse.Namespace) -> int:
             "summary_line": f"{mode} mode, {args.eventing} path: {ok}/{len(traces)} UE actions ran a serverless function; "
                             f"{len(events)} CloudEvents accepted by the broker, {len(invocations)} invocations",
             "supis": sorted({str(t.extras["supi"]) for t in traces if t.extras.get("supi")})}
+    if mob is not None:
+        meta.update(sites=sites, prewarm=args.prewarm)
+        meta["summary_line"] += (f"; 2 MEC sites: UE 1 moved {mob['moves'] - mob['moves_failed']}/{mob['moves']} "
+                                 f"times, {mob['lost']} clicks lost, {mob['duplicated']} duplicated")
     if args.trace is not None and args.trace > len(traces):
         print(f"testbed demo: no action {args.trace} (there are {len(traces)}): showing the default trace",
               file=sys.stderr)
@@ -564,9 +771,15 @@ def run_demo(args: argparse.Namespace) -> int:
     print_report(traces, summary)
     print_trace(trace)
     plot = "latency.png" if write_plot(summary, out / "latency.png") else None
-    write_html(traces, summary, meta, out / "report.html", plot, trace)
-    (out / "report.json").write_text(json.dumps({"meta": meta, "summary": summary, "trace": trace,
-                                                 "traces": [t.__dict__ for t in traces]}, indent=1))
+    if mob is not None:
+        write_mobility_plot(mob, out / "mobility.png")
+        print_mobility(mob)
+    write_html(traces, summary, meta, out / "report.html", plot, trace, mob)
+    report: dict[str, Any] = {"meta": meta, "summary": summary, "trace": trace,
+                              "traces": [t.__dict__ for t in traces]}
+    if mob is not None:
+        report["mobility"] = mob
+    (out / "report.json").write_text(json.dumps(report, indent=1))
     print(f"\n{meta['summary_line']}")
     print(f"report: {out / 'report.html'}")
     expected_supis = {supi(n) for n in range(1, args.ues + 1)} if mode == "sim" else set()
@@ -574,5 +787,9 @@ def run_demo(args: argparse.Namespace) -> int:
     if ok < len(traces) or missing:
         print(f"testbed demo: FAILED: {len(traces) - ok} actions did not reach a function"
               + (f"; no events for {sorted(missing)}" if missing else ""), file=sys.stderr)
+        return 1
+    bad = mobility_failures(mob) if mob is not None else []
+    if bad:
+        print(f"testbed demo: FAILED: mobility: {'; '.join(bad)}", file=sys.stderr)
         return 1
     return 0

@@ -9,7 +9,9 @@ fn-buy served it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -22,6 +24,10 @@ SERVICE = "fn-buy"
 RULES = Path(__file__).resolve().parent.parent / "bench" / "rules-e2e.yaml"   # every click is an event: the demo's buy rule debounces 50 ms (a double click)
 SETTLE = 4.0          # seconds after the last click for the sites to deliver what is in flight
 GRACE = 0.5           # the brokers' scale-to-zero grace (seconds) on top of --idle-window
+MOVED_TYPE = "mec.ue.moved"
+# `testbed demo --sites 2`: both procedures, each move to the other site (handover: to the other
+# site's gNB, the anchor UPF stays; relocate: a new anchor, after a handover when needed)
+TOUR = ("relocate", "handover", "handover", "relocate")
 
 
 def percentiles(xs: list[float]) -> dict[str, float | None]:
@@ -50,6 +56,53 @@ def plan(moves: int, stay: float, rate: float, procedure: str, hold: float = 1.0
         spec: dict[str, Any] = {"to": to} if kind == "handover" else {"to": to, "hold": hold}
         actions.append(Action(1, round(stay * (i + 1), 3), kind, spec, f"move-{i + 1}"))
     return sorted(actions, key=lambda a: a.at)
+
+
+def tour(procedures: Sequence[str], stay: float, rate: float, hold: float = 1.0, at: float = 0.0,
+         ue: int = 1) -> list[Action]:
+    """As plan(), with one procedure per move (``procedures[i]`` for move i+1), the moves alternating
+    to site 2 and back to site 1, and every time shifted by ``at`` seconds."""
+    if any(p not in ("handover", "relocate") for p in procedures):
+        raise ValueError(f"procedures are handover or relocate, not {list(procedures)}")
+    clicks = [a for a in plan(len(procedures), stay, rate, "handover", hold) if a.kind == "http"]
+    moves = []
+    for i, kind in enumerate(procedures):
+        to = 2 if i % 2 == 0 else 1
+        spec: dict[str, Any] = {"to": to} if kind == "handover" else {"to": to, "hold": hold}
+        moves.append(Action(1, round(stay * (i + 1), 3), kind, spec, f"move-{i + 1}"))
+    return sorted((dataclasses.replace(a, ue=ue, at=round(a.at + at, 3)) for a in clicks + moves),
+                  key=lambda a: a.at)
+
+
+def is_mobility_tag(tag: str) -> bool:
+    """The tags plan() and tour() give their clicks and moves."""
+    return tag.startswith(("buy-", "move-"))
+
+
+def site_events(stack: Any) -> list[dict[str, Any]]:
+    """Every site's broker's accepted events, each with its ``site``."""
+    return [{**e, "site": k} for k in stack.site_numbers() for e in stack.broker_events(0, site=k)]
+
+
+def broker_accepted(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Broker's acceptances only: on the channel path the Channel's are listed too (before its
+    Subscription hands each event on to the Broker), and would count every click twice."""
+    return [e for e in events if "channel" not in e]
+
+
+def is_warmup(event: dict[str, Any]) -> bool:
+    return str(event["attributes"].get("mecwarmup", "")).lower() == "true"
+
+
+def moved_events(events: list[dict[str, Any]], supi: str | None = None) -> list[dict[str, Any]]:
+    """The detectors' mec.ue.moved (of one SUPI's UE, when given)."""
+    return [e for e in events if e["attributes"].get("type") == MOVED_TYPE
+            and (supi is None or e["attributes"].get("supi") in (None, supi))]
+
+
+def settled(result: dict[str, Any]) -> bool:
+    """analyse() found every answered click at a site, each with its fn-buy run."""
+    return result["lost"] == 0 and all(s["fn_start"] is not None for s in result["served"])
 
 
 def item_of(event: dict[str, Any]) -> int | None:
@@ -164,3 +217,4 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     axes[-1, 0].set_xlabel("seconds (UE 1's clicks, by the site whose fn-buy served them)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
