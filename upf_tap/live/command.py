@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 from mec_common.cli import EXIT_BAD_INPUT, SubParsers
 from upf_tap.capture.common import CaptureError
@@ -317,6 +317,23 @@ def _make_sender(args: argparse.Namespace, token: str) -> DetectorSender | None:
         raise
 
 
+def _stdout_text() -> TextIO:
+    """A text stream over stdout that writes every byte it is given, or raises.
+
+    Under ``python -u`` or PYTHONUNBUFFERED=1 (the tap's image sets it) ``sys.stdout.buffer``
+    is the raw FileIO, and one write() on a pipe may take only part of the bytes: a full pipe
+    whose writer is interrupted by a signal (SIGTERM, SIGINT, a stop) returns the short count.
+    A TextIOWrapper straight over the raw file never looks at that count: the rest is dropped,
+    lines cut mid-way and lost. A BufferedWriter writes the rest, so one goes in between.
+    """
+    if not hasattr(sys.stdout, "buffer"):
+        return sys.stdout
+    buf: BinaryIO = sys.stdout.buffer
+    if not isinstance(buf, io.BufferedIOBase):  # raw: short writes are the caller's to finish
+        buf = io.BufferedWriter(buf)  # type: ignore[arg-type]  # a RawIOBase here
+    return io.TextIOWrapper(buf, encoding="utf-8", newline="\n", write_through=False)
+
+
 class _Output:
     """Where event lines go: stdout (JSON lines) or the detector sender."""
 
@@ -325,8 +342,7 @@ class _Output:
         self.out: TextIO | None = None
         self.broken = False
         if sender is None:
-            self.out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n",
-                                        write_through=False) if hasattr(sys.stdout, "buffer") else sys.stdout
+            self.out = _stdout_text()
 
     def start(self) -> None:
         if self.sender is not None:
@@ -357,7 +373,9 @@ class _Output:
             self.sender.close()
         if isinstance(self.out, io.TextIOWrapper) and not self.broken:
             try:
-                self.out.detach()  # leave sys.stdout's buffer open for whoever called us
+                inner = self.out.detach()  # leave sys.stdout's buffer open for whoever called us
+                if isinstance(inner, io.BufferedWriter) and inner is not getattr(sys.stdout, "buffer", None):
+                    inner.detach()  # ours (see _stdout_text): flushed, and the raw stdout left open
             except (BrokenPipeError, ValueError):
                 pass
 
