@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from upf_tap import __version__
 from upf_tap.capture.common import CaptureError
 from upf_tap.events import to_json_line
 from upf_tap.options import add_pipeline_options, print_counters, tap_config
+from upf_tap.output import stdout_text
 
 LIVE_SUMMARY = ("capture live on interfaces (AF_PACKET) and print or send AppEvents "
                 "(`upf-tap live --help`)")
@@ -46,8 +46,7 @@ def run_read(args: argparse.Namespace) -> int:
         cfg = tap_config(args)
     except ValueError as e:
         raise CommandError(str(e)) from e
-    out: TextIO = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n", write_through=False) \
-        if hasattr(sys.stdout, "buffer") else sys.stdout
+    out: TextIO = stdout_text()  # whole lines even on a raw stdout (python -u) that takes part of a write
     write = out.write
 
     def emit(ev: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mec_common.cli import EXIT_BAD_INPUT, SubParsers
 from upf_tap.capture.common import CaptureError
@@ -44,6 +44,7 @@ from upf_tap.live.sender import (
 from upf_tap.live.spool import FSYNC_POLICIES, Spool, SpoolError
 from upf_tap.live.worker import CaptureSpec, Worker, kept_sockets
 from upf_tap.options import add_pipeline_options, print_counters, tap_config
+from upf_tap.output import stdout_text
 
 if TYPE_CHECKING:
     import multiprocessing.process
@@ -317,23 +318,6 @@ def _make_sender(args: argparse.Namespace, token: str) -> DetectorSender | None:
         raise
 
 
-def _stdout_text() -> TextIO:
-    """A text stream over stdout that writes every byte it is given, or raises.
-
-    Under ``python -u`` or PYTHONUNBUFFERED=1 (the tap's image sets it) ``sys.stdout.buffer``
-    is the raw FileIO, and one write() on a pipe may take only part of the bytes: a full pipe
-    whose writer is interrupted by a signal (SIGTERM, SIGINT, a stop) returns the short count.
-    A TextIOWrapper straight over the raw file never looks at that count: the rest is dropped,
-    lines cut mid-way and lost. A BufferedWriter writes the rest, so one goes in between.
-    """
-    if not hasattr(sys.stdout, "buffer"):
-        return sys.stdout
-    buf: BinaryIO = sys.stdout.buffer
-    if not isinstance(buf, io.BufferedIOBase):  # raw: short writes are the caller's to finish
-        buf = io.BufferedWriter(buf)  # type: ignore[arg-type]  # a RawIOBase here
-    return io.TextIOWrapper(buf, encoding="utf-8", newline="\n", write_through=False)
-
-
 class _Output:
     """Where event lines go: stdout (JSON lines) or the detector sender."""
 
@@ -342,7 +326,7 @@ class _Output:
         self.out: TextIO | None = None
         self.broken = False
         if sender is None:
-            self.out = _stdout_text()
+            self.out = stdout_text()
 
     def start(self) -> None:
         if self.sender is not None:
@@ -375,7 +359,7 @@ class _Output:
             try:
                 inner = self.out.detach()  # leave sys.stdout's buffer open for whoever called us
                 if isinstance(inner, io.BufferedWriter) and inner is not getattr(sys.stdout, "buffer", None):
-                    inner.detach()  # ours (see _stdout_text): flushed, and the raw stdout left open
+                    inner.detach()  # ours (see upf_tap.output): flushed, and the raw stdout left open
             except (BrokenPipeError, ValueError):
                 pass
 

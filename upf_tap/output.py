@@ -1,0 +1,24 @@
+"""Where `upf-tap read` and `upf-tap live` write their JSON lines: a text stream over stdout.
+
+Under ``python -u`` or PYTHONUNBUFFERED=1 (the tap's image sets it) ``sys.stdout.buffer`` is the
+raw FileIO, and one write() on a pipe may take only part of the bytes: a full pipe whose writer
+is interrupted by a signal (SIGTERM, SIGINT, a stop) returns the short count. A TextIOWrapper
+straight over the raw file never looks at that count: the rest is dropped, lines cut mid-way and
+lost. A BufferedWriter writes the rest, so one goes in between.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from typing import BinaryIO, TextIO
+
+
+def stdout_text() -> TextIO:
+    """A text stream over stdout that writes every byte it is given, or raises."""
+    if not hasattr(sys.stdout, "buffer"):
+        return sys.stdout
+    buf: BinaryIO = sys.stdout.buffer
+    if not isinstance(buf, io.BufferedIOBase):  # raw: short writes are the caller's to finish
+        buf = io.BufferedWriter(buf)  # type: ignore[arg-type]  # a RawIOBase here
+    return io.TextIOWrapper(buf, encoding="utf-8", newline="\n", write_through=False)
