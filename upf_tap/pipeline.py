@@ -446,6 +446,10 @@ class Tap:
             if state is False:
                 return  # this direction is done
             if state is None:
+                peer = flow.state[1 - idx]
+                if getattr(peer, "client", False):
+                    flow.state[idx] = False  # the server's side of a client the other direction holds
+                    return
                 state = flow.state[idx] = d.new_state()
             try:
                 found = state.feed(payload)  # type: ignore[attr-defined]

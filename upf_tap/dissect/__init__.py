@@ -10,7 +10,10 @@ Plain functions over bytes, no per-packet objects, in these shapes:
   report (a response, say). A dissector whose message may span datagrams (``quic``)
   also has ``datagram_state()``: a new per-direction object whose ``feed(data)`` answers
   the same; the tap then uses it instead, one per flow direction, and stops feeding a
-  direction once it has reported something or raised :class:`Malformed`.
+  direction once it has reported something or raised :class:`Malformed`. A state whose
+  ``client`` is true has opened a client's message: the flow's other direction is then the
+  server's, which such a dissector has nothing to read in (QUIC: a server's Initials are under
+  the server's keys), and the tap does not feed it.
 
 * stream dissectors (``http``, ``tls``, ``mqtt``, ``dns`` over TCP)::
 
@@ -74,6 +77,9 @@ if TYPE_CHECKING:  # types only: making a Protocol class costs start-up time
         """Per-direction state of a datagram dissector whose messages span datagrams."""
 
         def feed(self, data: bytes) -> Found: ...
+
+        @property
+        def client(self) -> bool: ...
 
 
 # Every dissector, one a line: a module of this package. Content sniffers are tried in this order.
