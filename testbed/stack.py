@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mec_common.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFESTS = REPO / "k8s" / "knative"
@@ -34,12 +35,6 @@ Progress = Callable[[str], None]
 
 class StackError(RuntimeError):
     """A part of the testbed did not come up; the message says which and why."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_json(url: str, timeout: float = 5.0) -> Any:

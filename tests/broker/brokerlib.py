@@ -27,6 +27,7 @@ from aiohttp import web
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event, to_binary_event
 from cloudevents.core.v1.event import CloudEvent
 
+from mec_common.ports import free_port
 from testbed.broker.ingress import BROKER_KEY, RUNNER_KEY, build_app
 from testbed.broker.manifests import load_manifests
 
@@ -120,12 +121,6 @@ def _loopback_socket(listen: bool = True) -> socket.socket:
         sock.listen(128)
     sock.setblocking(False)
     return sock
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

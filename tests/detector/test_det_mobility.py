@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -47,6 +46,7 @@ from detector.mobility import (
     Site,
     parse_mobility,
 )
+from mec_common.ports import free_port as _free_port
 from testbed.constants import supi, ue_ipv4
 from testbed.functions import buy, dns_edge, logger, warmup
 from upf_tap.events import make_event
@@ -329,12 +329,6 @@ def test_an_older_outbox_gains_the_site_column(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ relocation: two detector processes
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("K_", "DETECTOR_"))}

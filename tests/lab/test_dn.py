@@ -16,27 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from mec_common.ports import free_port as _free_port
 from testbed.lab import layout as L
 
 APP = L.COMPOSE_DIR / "dn/app.py"
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port() -> int:
+    return _free_port()
 
 
 def free_dns_port() -> int:
     """A port free for both UDP and TCP: dnsmasq binds both and exits if either is taken."""
-    while True:
-        port = free_port(socket.SOCK_DGRAM)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            try:
-                t.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+    return _free_port((socket.SOCK_DGRAM, socket.SOCK_STREAM))
 
 
 @pytest.fixture

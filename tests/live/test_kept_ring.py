@@ -22,6 +22,7 @@ import pytest
 from conftest import REPO, VethNs, upf_tap
 
 from mec_common.fdstore import FdStore, store
+from mec_common.ports import free_port
 
 pytestmark = pytest.mark.root
 
@@ -166,9 +167,7 @@ def test_kill_9_mid_stream_with_spool_and_kept_ring_loses_no_event(veth_ns: Veth
 
     from test_spool import Receiver
 
-    with socket.socket() as s:  # the tap runs here (it opens its sockets in the namespace): so does the detector
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # the tap runs here (it opens its sockets in the namespace): so does the detector
     token = tmp_path / "token"
     token.write_text("tok-kept\n")
     rx = Receiver(port).start()

@@ -26,6 +26,8 @@ import live_frames as F
 import pytest
 from conftest import PYTHON, REPO, comparable, open_tun, start_live, upf_tap
 
+from mec_common.ports import free_port
+
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
@@ -254,12 +256,7 @@ def test_detector_receives_the_events(veth_ns, captures, tmp_path) -> None:
 def test_metrics_endpoint(veth_ns, captures) -> None:
     pcap = str(captures / "synthetic-n3.pcap")
     with veth_ns.inside():
-        import socket
-
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = free_port()
     live = start_live(veth_ns, "--iface", veth_ns.rx, *CONTROL, "--duration", "4", "--metrics-port", str(port),
                       "--metrics-addr", "127.0.0.1")
     veth_ns.replay(pcap, "--topspeed")

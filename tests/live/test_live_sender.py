@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import pytest
 from aiohttp import web
 
+from mec_common.ports import free_port
 from upf_tap.live.sender import DetectorSender, SenderError, events_url
 
 TOKEN = "s3cret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Detector:

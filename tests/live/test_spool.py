@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from mec_common.ports import free_port
 from upf_tap.live.metrics import Snapshot, render
 from upf_tap.live.sender import DetectorSender, loss_reason
 from upf_tap.live.spool import FRAME, HEADER, MAGIC, Position, Spool, SpoolError, frame
@@ -29,12 +30,6 @@ TOKEN = "spool-token"
 
 
 # -- helpers shared with test_spool_kill.py and test_sender_tls.py -------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Receiver:
     """A /v1/events endpoint on a fixed port that records every line it accepts, in arrival
     order; ``stop`` also cuts kept-alive connections, so a stopped receiver is really down."""

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -163,9 +162,8 @@ def test_upf_tap_live_kill9_then_restart_delivers_every_event(veth_ns: Any, capt
     want = subprocess.run(upf_tap("read", *CONTROL, pcap), cwd=REPO, capture_output=True, text=True,
                           check=True).stdout.splitlines()
     assert want
-    with veth_ns.inside(), socket.socket() as s:  # a port on the namespace's loopback, for the detector
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    with veth_ns.inside():  # a port on the namespace's loopback, for the detector
+        port = free_port()
     token = tmp_path / "token"
     token.write_text("tok-kill\n")
     common = ["--iface", veth_ns.rx, *CONTROL, "--detector", f"http://127.0.0.1:{port}", "--token-file", str(token),
