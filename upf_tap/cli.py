@@ -10,15 +10,15 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from mec_common import cli
 from mec_common.cli import Command, CommandError
 from upf_tap import __version__
 from upf_tap.capture.common import CaptureError
-from upf_tap.events import to_json_line
+from upf_tap.events import to_json_bytes, to_json_line
 from upf_tap.options import add_pipeline_options, print_counters, tap_config
-from upf_tap.output import stdout_text
+from upf_tap.output import stdout_bytes, stdout_text
 
 LIVE_SUMMARY = ("capture live on interfaces (AF_PACKET) and print or send AppEvents "
                 "(`upf-tap live --help`)")
@@ -46,19 +46,28 @@ def run_read(args: argparse.Namespace) -> int:
         cfg = tap_config(args)
     except ValueError as e:
         raise CommandError(str(e)) from e
-    out: TextIO = stdout_text()  # whole lines even on a raw stdout (python -u) that takes part of a write
-    write = out.write
-
-    def emit(ev: dict[str, Any]) -> None:
-        write(to_json_line(ev))
-        write("\n")
-
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")
     if args.workers > 1:
         if len(args.files) > 1:
             raise CommandError("--workers takes one file (merge captures with mergecap first)")
-        return _read_shared(args, cfg, out)
+        return _read_shared(args, cfg, stdout_text())
+    # whole lines even on a raw stdout (python -u) that takes part of a write; bytes straight
+    # from orjson where stdout has a binary side (no decode and re-encode per event)
+    out: TextIO | BinaryIO
+    bout = stdout_bytes()
+    if bout is not None:
+        out, bwrite = bout, bout.write
+
+        def emit(ev: dict[str, Any]) -> None:
+            bwrite(to_json_bytes(ev))
+    else:
+        out = tout = stdout_text()
+
+        def emit(ev: dict[str, Any]) -> None:
+            tout.write(to_json_line(ev))
+            tout.write("\n")
+
     try:
         tap = Tap(cfg, emit)
     except ValueError as e:  # a bad identity file (IdentityError)

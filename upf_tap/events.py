@@ -52,6 +52,7 @@ _SPANS = otlp_from_env("upf-tap")   # None unless OTLP export is configured
 # (an integer past 64 bits) takes the json module's path, for that event every time.
 _ORJSON_ID = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 _ORJSON_LINE = orjson.OPT_NON_STR_KEYS
+_ORJSON_LINE_NL = _ORJSON_LINE | orjson.OPT_APPEND_NEWLINE
 _json_id = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
 _json_line = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
@@ -186,3 +187,12 @@ def to_json_line(event: AppEvent) -> str:
         return orjson.dumps(event, default=str, option=_ORJSON_LINE).decode()
     except orjson.JSONEncodeError:
         return _json_line(event)
+
+
+def to_json_bytes(event: AppEvent) -> bytes:
+    """The event as one JSON line with its newline, UTF-8: what ``to_json_line`` gives, for a
+    binary stream (no decode and re-encode per event)."""
+    try:
+        return orjson.dumps(event, default=str, option=_ORJSON_LINE_NL)
+    except orjson.JSONEncodeError:
+        return (_json_line(event) + "\n").encode()

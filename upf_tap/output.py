@@ -14,11 +14,20 @@ import sys
 from typing import BinaryIO, TextIO
 
 
-def stdout_text() -> TextIO:
-    """A text stream over stdout that writes every byte it is given, or raises."""
+def stdout_bytes() -> BinaryIO | None:
+    """A buffered binary stream over stdout that writes every byte it is given, or raises;
+    None when stdout has no binary side (a test's StringIO)."""
     if not hasattr(sys.stdout, "buffer"):
-        return sys.stdout
+        return None
     buf: BinaryIO = sys.stdout.buffer
     if not isinstance(buf, io.BufferedIOBase):  # raw: short writes are the caller's to finish
         buf = io.BufferedWriter(buf)  # type: ignore[arg-type]  # a RawIOBase here
+    return buf
+
+
+def stdout_text() -> TextIO:
+    """A text stream over stdout that writes every byte it is given, or raises."""
+    buf = stdout_bytes()
+    if buf is None:
+        return sys.stdout
     return io.TextIOWrapper(buf, encoding="utf-8", newline="\n", write_through=False)

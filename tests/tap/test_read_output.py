@@ -49,3 +49,31 @@ def test_read_finishes_short_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     got = raw.got.decode()
     assert got == want
     assert all(json.loads(line) for line in got.splitlines())
+
+
+def test_read_to_a_text_only_stdout_gives_the_same_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stdout without a binary side (a StringIO, as a caller embedding the CLI may set) takes the text path."""
+    cap = CAPTURES / "synthetic-n3.pcap"
+    want = subprocess.run([sys.executable, "-m", "upf_tap", "read", "--no-control", str(cap)],
+                          capture_output=True, text=True, check=True).stdout
+    text = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", text)
+    assert cli.main(["read", "--no-control", str(cap)]) == 0
+    assert text.getvalue() == want
+
+
+@pytest.mark.parametrize("app", [
+    {"name": "example.org", "port": 443},
+    {"name": "snow\u2603man", "raw": "\\x00\\xff"},                # non-ASCII kept as UTF-8, as json gives it
+    {"big": 1 << 70, "n": 1},                                      # beyond 64 bits: orjson refuses, json writes it
+    {1: "a non-string key"},
+    {"b": b"bytes", "t": (1, 2)},                                  # default=str, tuples as lists
+])
+def test_json_bytes_are_the_json_line_and_a_newline(app: dict[object, object]) -> None:
+    from upf_tap.events import make_event, to_json_bytes, to_json_line
+
+    ev = make_event("http.request", 1_700_000_000_123_456_789, "n3", "tap-1", direction="ul",
+                    ue={"ip": "10.45.0.2"}, app=app)  # type: ignore[arg-type]
+    line = to_json_line(ev)
+    assert to_json_bytes(ev) == (line + "\n").encode()
+    assert json.loads(line)["kind"] == "http.request"

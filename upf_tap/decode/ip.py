@@ -6,7 +6,7 @@ gNB and UPF, the user's inside GTP-U) and one on N6; each is an :class:`IPLayer`
 from __future__ import annotations
 
 import struct
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any
 
 # IPv6 extension headers the decoder walks over (RFC 8200 §4); 44 (fragment) is handled apart.
@@ -76,7 +76,9 @@ class FragmentReassembler:
     __slots__ = ("_sets", "max_sets", "name", "stats", "timeout_ns")
 
     def __init__(self, stats: Counter[str], name: str, max_sets: int, timeout_s: float) -> None:
-        self._sets: dict[Any, list[Any]] = {}
+        # OrderedDict, not dict: taking the oldest set off a dict again and again makes
+        # next(iter()) walk the deleted slots (quadratic on a fragment flood); its linked list does not
+        self._sets: OrderedDict[Any, list[Any]] = OrderedDict()
         self.stats = stats
         self.name = name
         self.max_sets = max_sets
@@ -89,7 +91,7 @@ class FragmentReassembler:
         if entry is None:
             self._expire(ts_ns)
             if len(self._sets) >= self.max_sets:
-                self._sets.pop(next(iter(self._sets)))
+                self._sets.popitem(last=False)
                 st[f"{self.name}.evicted"] += 1
             entry = [ts_ns, -1, []]  # first seen, total length (-1 unknown), [(offset, bytes)]
             self._sets[key] = entry
