@@ -234,3 +234,27 @@ def test_garbled_timestamp_is_clamped_not_fatal(tmp_path: Path) -> None:
     res = run_read(path)
     events = [json.loads(line) for line in res.stdout.splitlines()]
     assert [(e["kind"], e["time"]) for e in events] == [("dns.query", "9999-12-31T23:59:59.999999Z")]
+
+
+def test_the_server_side_of_a_quic_client_is_not_opened(tmp_path: Path) -> None:
+    """A server's Initial answers a client the other direction already holds: it carries no SNI and
+    is not decrypted (its keys come from the client's DCID, not its own), nor counted as malformed."""
+    from tests.support.n3_workload import quic_initial
+
+    hexfile = Path(__file__).resolve().parent.parent / "dissect" / "rfc9001_a2_client_initial.hex"
+    client = bytes.fromhex(hexfile.read_text().replace("\n", ""))
+    dcid = bytes.fromhex("8394c8f03e515708")  # RFC 9001 A.1's original DCID
+    server = quic_initial(b"", bytes.fromhex("f067a5502a4262b5"), b"\x02\0\0\0\0" + b"\x06\0\x10" + bytes(16), 1,
+                          key_dcid=dcid, server=True)
+    pkts = [gen.n3(61, IP(src=UE, dst=gen.APP) / UDP(sport=50000, dport=443) / Raw(client)),
+            gen.n3(61, IP(src=gen.APP, dst=UE) / UDP(sport=443, dport=50000) / Raw(server), ul=False)]
+    path = gen.write(tmp_path / "quic-both.pcap", pkts)
+    events, stats = decode(path)
+    assert [(e["kind"], e["app"]["sni"]) for e in events] == [("quic.initial", "example.com")]
+    assert stats["quic.malformed"] == 0
+    tap = Tap(TapConfig(control_plane=False), lambda ev: None)
+    tap.consume(read_packets(path, tap.stats))
+    (flow,) = {id(f): f for f, _ in tap.udp_flows.values()}.values()  # one flow, under both its keys
+    client = [i for i, s in enumerate(flow.state) if getattr(s, "client", False)]
+    assert len(client) == 1
+    assert flow.state[1 - client[0]] is False  # never tried: no assembler made for the server's side
