@@ -329,14 +329,15 @@ static PyObject *walk_pcap(PyObject *self, PyObject *args) {
     long long off, mul, limit, min_fast, ts_ns;
     int big;
     long linktype;
-    if (!PyArg_ParseTuple(args, "O!O!O!LplLLLL", &PyTuple_Type, &ctxt, &PyList_Type, &state, &PyBytes_Type, &bufobj,
+    if (!PyArg_ParseTuple(args, "O!O!OLplLLLL", &PyTuple_Type, &ctxt, &PyList_Type, &state, &bufobj,
                           &off, &big, &linktype, &mul, &limit, &min_fast, &ts_ns))
         return NULL;
     Ctx c;
     if (check_state(state) < 0 || ctx_init(&c, ctxt) < 0) return NULL;
-    Py_INCREF(bufobj);
-    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(bufobj);
-    long long n = PyBytes_GET_SIZE(bufobj), npk = 0;
+    Py_buffer view; /* bytes, or a file mapped whole (capture.pcapfile): held until the walk returns */
+    if (PyObject_GetBuffer(bufobj, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *buf = (const unsigned char *)view.buf;
+    long long n = (long long)view.len, npk = 0;
     long long sec0 = -1, base = 0;
     int done = 1;
     while (1) {
@@ -380,7 +381,7 @@ static PyObject *walk_pcap(PyObject *self, PyObject *args) {
         if (e < 0) goto fail;
         off = end;
     }
-    Py_DECREF(bufobj);
+    PyBuffer_Release(&view);
     if (set_state(state, off, npk, ts_ns, done) < 0) return NULL;
     Py_RETURN_NONE;
 fail_state:
@@ -391,7 +392,7 @@ fail_state:
         PyErr_Restore(et, ev, tb);
     }
 fail:
-    Py_DECREF(bufobj);
+    PyBuffer_Release(&view);
     return NULL;
 }
 
@@ -400,15 +401,16 @@ static PyObject *walk_pcapng(PyObject *self, PyObject *args) {
     PyObject *ctxt, *state, *bufobj, *ifaces;
     long long off, ts_ns;
     int n6;
-    if (!PyArg_ParseTuple(args, "O!O!O!LO!pL", &PyTuple_Type, &ctxt, &PyList_Type, &state, &PyBytes_Type, &bufobj,
+    if (!PyArg_ParseTuple(args, "O!O!OLO!pL", &PyTuple_Type, &ctxt, &PyList_Type, &state, &bufobj,
                           &off, &PyList_Type, &ifaces, &n6, &ts_ns))
         return NULL;
     Ctx c;
     if (check_state(state) < 0 || ctx_init(&c, ctxt) < 0) return NULL;
-    Py_INCREF(bufobj);
+    Py_buffer view;
+    if (PyObject_GetBuffer(bufobj, &view, PyBUF_SIMPLE) < 0) return NULL;
     Py_INCREF(ifaces);
-    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(bufobj);
-    long long n = PyBytes_GET_SIZE(bufobj), npk = 0;
+    const unsigned char *buf = (const unsigned char *)view.buf;
+    long long n = (long long)view.len, npk = 0;
     long long cur = -1, linktype = 0, mul = 0, tsoff = 0, min_fast = INT64_MAX;
     long long th0 = -1, hi = 0;
     int done = 1;
@@ -471,7 +473,7 @@ static PyObject *walk_pcapng(PyObject *self, PyObject *args) {
         if (e < 0) goto fail;
         off = end;
     }
-    Py_DECREF(bufobj);
+    PyBuffer_Release(&view);
     Py_DECREF(ifaces);
     if (set_state(state, off, npk, ts_ns, done) < 0) return NULL;
     Py_RETURN_NONE;
@@ -483,7 +485,7 @@ fail_state:
         PyErr_Restore(et, ev, tb);
     }
 fail:
-    Py_DECREF(bufobj);
+    PyBuffer_Release(&view);
     Py_DECREF(ifaces);
     return NULL;
 }

@@ -25,6 +25,7 @@ import os
 import struct
 from collections.abc import Iterable
 from functools import lru_cache
+from mmap import mmap
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,7 @@ _fast_n3_v6_epb = struct.Struct("!28x" + _FAST_N3_V6).unpack_from
 # int, nothing allocated). ``gtp == _GTP_ROOM + L`` is GTP-U flags/type 0x34FF with length L - 50.
 _GTP_ROOM = 0x34FF0000 - 50
 NS = 1_000_000_000  # nanoseconds per second
+_WHOLE_BUFFERS = (bytes, mmap)  # what the compiled walks take: a chunk read, or the file mapped
 
 Batch = tuple[bytes, list[int]]  # a buffer and [ts_ns, linktype, start, end, ...] of its packets
 
@@ -105,7 +107,7 @@ def _context(tap: Tap) -> tuple[Any, ...]:
 
 def walk_pcap_c(tap: Tap, run: PcapRun) -> None:
     """``walk_pcap`` compiled; the Python walk carries on where the compiled one hands back."""
-    if type(run.buf) is not bytes:
+    if type(run.buf) not in _WHOLE_BUFFERS:
         walk_pcap(tap, run)
         return
     assert ACCEL is not None
@@ -129,7 +131,7 @@ def walk_pcap_c(tap: Tap, run: PcapRun) -> None:
 
 def walk_pcapng_c(tap: Tap, run: PcapngRun) -> None:
     """``walk_pcapng`` compiled; the Python walk carries on where the compiled one hands back."""
-    if type(run.buf) is not bytes:
+    if type(run.buf) not in _WHOLE_BUFFERS:
         walk_pcapng(tap, run)
         return
     assert ACCEL is not None

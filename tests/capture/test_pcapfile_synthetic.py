@@ -438,3 +438,74 @@ def test_files_are_released_when_readers_are_dropped(tmp_path: Path) -> None:
         r.close()  # type: ignore[attr-defined]
     del readers  # never iterated or half-read: the generator's finally still closes the file
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+# --- runs (what `upf-tap read` walks): a regular file is read mapped --------------------------
+
+
+def read_runs(path: Path, stats: Counter[str]) -> tuple[list[tuple[int, int, bytes]], set[type]]:
+    """Every packet of ``read_batches(runs=True)``, walking the runs as a consumer does, and the
+    types of the buffers the runs came in."""
+    from upf_tap.capture.pcapfile import PcapngRun, PcapRun, read_batches
+
+    got: list[tuple[int, int, bytes]] = []
+    kinds: set[type] = set()
+    for item in read_batches(path, stats, runs=True):
+        if isinstance(item, (PcapRun, PcapngRun)):
+            kinds.add(type(item.buf))
+            recs = item.records()  # moves item.off past them, as a walk must
+            buf = item.buf
+        else:
+            buf, recs = item
+        for i in range(0, len(recs), 4):
+            got.append((recs[i], recs[i + 1], bytes(buf[recs[i + 2]:recs[i + 3]])))
+    return got, kinds
+
+
+def test_runs_of_a_regular_file_are_mapped_and_give_what_read_packets_gives(tmp_path: Path) -> None:
+    import mmap
+
+    for data, name in ((small_pcap()[0], "s.pcap"), (small_pcapng()[0], "s.pcapng"), (mixed_pcapng()[0], "m.pcapng")):
+        path = write(tmp_path, name, data)
+        want_stats: Counter[str] = Counter()
+        want = read_all(path, want_stats)
+        stats: Counter[str] = Counter()
+        got, kinds = read_runs(path, stats)
+        assert got == want and stats == want_stats, name
+        assert kinds == {mmap.mmap}, name
+
+
+def test_runs_of_a_file_cut_at_every_byte_count_as_read_packets_does(tmp_path: Path) -> None:
+    """The mapped reader ends where the file does: the same packets and counters at every cut."""
+    for data, name, least in ((small_pcap()[0], "cut.pcap", 24), (small_pcapng()[0], "cut.pcapng", 28)):
+        path = tmp_path / name
+        for k in range(least, len(data) + 1):
+            path.write_bytes(data[:k])
+            want_stats: Counter[str] = Counter()
+            want = read_all(path, want_stats)
+            stats: Counter[str] = Counter()
+            assert read_runs(path, stats)[0] == want, (name, k)
+            assert stats == want_stats, (name, k)
+
+
+def test_runs_from_a_pipe_are_read_in_chunks(tmp_path: Path) -> None:
+    """A FIFO cannot be mapped: it is read as before, with the same packets."""
+    import threading
+
+    data = small_pcap()[0]
+    want = read_all(write(tmp_path, "f.pcap", data))
+    fifo = tmp_path / "cap.fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as w:
+            w.write(data)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    try:
+        got, kinds = read_runs(fifo, Counter())
+    finally:
+        t.join(10)
+    assert got == want
+    assert kinds == {bytes}

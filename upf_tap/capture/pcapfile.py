@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import collections
 import heapq
+import mmap
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Generator, Iterator, Sequence
@@ -264,6 +266,24 @@ class _Source:
         self.off = 0
         return have >= need
 
+    def map(self) -> None:
+        """Make the whole file ``buf``, mapped, when it is a regular file: then no chunk is read
+        or copied (on bulk N3, reading 4 MiB chunks was a sixth of `upf-tap read`'s time).
+        Anything else (a pipe, an empty file, a failed mapping) is read in chunks as before.
+        The mapping is the file's size at open: bytes appended later are not seen. A file cut
+        short by another program while mapped would fault, so this is for ``upf-tap read``."""
+        try:
+            st = os.fstat(self.f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+                return
+            m = mmap.mmap(self.f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return
+        m.madvise(mmap.MADV_SEQUENTIAL)
+        # never closed here: a walk or a batch may still hold it; it goes with its last reference
+        # typed as bytes: what the readers do with buf (len, index, slice, unpack_from, memoryview) an mmap does alike
+        self.buf, self.off, self.eof = cast(bytes, m), 0, True
+
     def read(self, n: int) -> bytes:
         try:
             # read1: a gzip stream cut short then still gives what it had before the cut
@@ -280,7 +300,7 @@ class _Source:
         self.f.close()
 
 
-def _open(name: str) -> _Source:
+def _open(name: str, mapped: bool = False) -> _Source:
     try:
         f = open(name, "rb")  # noqa: SIM115 - the generator that reads it closes it
     except OSError as e:
@@ -295,6 +315,8 @@ def _open(name: str) -> _Source:
             import gzip
 
             src.z = gzip.GzipFile(fileobj=f, mode="rb")
+        elif mapped:
+            src.map()
         src.more(4)
     except BaseException:
         src.close()
@@ -337,7 +359,7 @@ def read_batches(path: str | os.PathLike[str], stats: Stats | None = None,
     name = os.fsdecode(path)
     if stats is None:
         stats = collections.Counter()
-    src = _open(name)
+    src = _open(name, mapped=runs)  # a walk of whole runs (upf-tap read) reads the file mapped
     try:
         head = src.buf
         if not head:
