@@ -45,9 +45,9 @@ AppEvent = dict[str, Any]
 
 _SPANS = otlp_from_env("upf-tap")   # None unless OTLP export is configured
 
-# The two encodings of every event. orjson (a dependency for this reason) does each in under
-# 0.5 µs where the json module takes 5: on real traffic with many small flows the events were a
-# fifth of the tap's time. Both keep the json module's meaning: compact separators, UTF-8 in the
+# The two encodings of every event. orjson (a dependency for this reason) does each in about
+# 0.75 µs where the json module takes 5-6 (a TLS event, timeit); the two json.dumps were an eighth
+# of the mixed workload's time (docs/performance.md). Both keep the json module's meaning: compact separators, UTF-8 in the
 # line, sorted keys in the id's input, str() of what JSON has no type for. A value orjson refuses
 # (an integer past 64 bits) takes the json module's path, for that event every time.
 _ORJSON_ID = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS

@@ -20,12 +20,14 @@ import re
 import struct
 from collections import OrderedDict
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from upf_tap.dissect import AppFields, Found, Malformed
 from upf_tap.dissect.tls import HS_CLIENT_HELLO, MAX_CLIENT_HELLO, parse_client_hello
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 KIND = "quic.initial"
@@ -147,7 +149,7 @@ def client_initial_keys(dcid: bytes, version: int = V1) -> tuple[bytes, bytes, b
 
 
 @lru_cache(maxsize=1024)
-def _hp_encrypt(hp: bytes) -> Any:
+def _hp_encrypt(hp: bytes) -> Callable[[bytes], bytes]:
     """AES-ECB under ``hp``, one context per key: ECB chains nothing between blocks, so one
     context serves every sample (making one costs more than the encryption)."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
