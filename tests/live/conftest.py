@@ -88,15 +88,26 @@ def upf_tap(*args: str) -> list[str]:
 class LiveProc:
     """`upf-tap live` running inside a namespace; stderr collected by a thread."""
 
-    def __init__(self, v: VethNs, *args: str) -> None:
+    def __init__(self, v: VethNs, *args: str, drain_stdout: bool = True) -> None:
         import threading
 
         self.p = subprocess.Popen(["ip", "netns", "exec", v.ns, *upf_tap("live", *args)], cwd=REPO,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.err_lines: list[str] = []
+        self.out_chunks: list[str] = []
         self._ready = threading.Event()
         self._t = threading.Thread(target=self._read_err, daemon=True)
         self._t.start()
+        # stdout is read as it comes too: a test that scrapes metrics or waits must not let the
+        # pipe fill (about 100 events fill its 64 KiB), which would block the tap in a write
+        self._t_out = threading.Thread(target=self._read_out, daemon=True)
+        if drain_stdout:
+            self._t_out.start()
+
+    def _read_out(self) -> None:
+        assert self.p.stdout is not None
+        while chunk := self.p.stdout.read(65536):
+            self.out_chunks.append(chunk)
 
     def _read_err(self) -> None:
         assert self.p.stderr is not None
@@ -115,23 +126,22 @@ class LiveProc:
 
     def finish(self, timeout: float = 60.0) -> tuple[int, list[str], str]:
         """Wait for exit: (return code, stdout lines, stderr text)."""
-        import threading
-
-        killer = threading.Timer(timeout, self.p.kill)  # stderr has its own reader: read stdout here
-        killer.start()
+        if not self._t_out.is_alive():
+            self._t_out.start()  # a test that holds the pipe full until now (drain_stdout=False)
         try:
-            assert self.p.stdout is not None
-            out = self.p.stdout.read()
+            self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
             self.p.wait()
-        finally:
-            killer.cancel()
+        self._t_out.join(5)
         self._t.join(5)
-        return self.p.returncode, out.splitlines(), "".join(self.err_lines)
+        return self.p.returncode, "".join(self.out_chunks).splitlines(), "".join(self.err_lines)
 
 
-def start_live(v: VethNs, *args: str) -> LiveProc:
-    """Start `upf-tap live` inside the namespace; return once its rings are open."""
-    return LiveProc(v, *args).wait_ready()
+def start_live(v: VethNs, *args: str, drain_stdout: bool = True) -> LiveProc:
+    """Start `upf-tap live` inside the namespace; return once its rings are open. Its stdout is
+    read as it comes unless ``drain_stdout`` is False (then by ``finish``)."""
+    return LiveProc(v, *args, drain_stdout=drain_stdout).wait_ready()
 
 
 def comparable(lines: list[str]) -> list[str]:

@@ -155,7 +155,7 @@ def test_signal_with_unbuffered_stdout_full_pipe_loses_nothing(veth_ns, tmp_path
     want = read_events(pcap)
     assert len(want) == len(qnames) and sum(len(x) + 1 for x in want) > 3 * 65536
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
-    live = start_live(veth_ns, "--iface", veth_ns.rx, *CONTROL, "--workers", "2")
+    live = start_live(veth_ns, "--iface", veth_ns.rx, *CONTROL, "--workers", "2", drain_stdout=False)
     assert live.p.stdout is not None
     veth_ns.replay(pcap, "--topspeed")
     time.sleep(0.5)
@@ -253,23 +253,34 @@ def test_detector_receives_the_events(veth_ns, captures, tmp_path) -> None:
     assert "sender.sent" in err
 
 
-def test_metrics_endpoint(veth_ns, captures) -> None:
-    pcap = str(captures / "synthetic-n3.pcap")
-    with veth_ns.inside():
-        port = free_port()
-    live = start_live(veth_ns, "--iface", veth_ns.rx, *CONTROL, "--duration", "4", "--metrics-port", str(port),
-                      "--metrics-addr", "127.0.0.1")
-    veth_ns.replay(pcap, "--topspeed")
-    time.sleep(1.5)  # counters are published once a second
-    with veth_ns.inside():
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    rc, _out, err = live.finish()
-    assert rc == 0, err
+def _scrape(port: int) -> dict[str, int]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     metrics = {}
     for line in body.splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             metrics[name] = int(value)
+    return metrics
+
+
+def test_metrics_endpoint(veth_ns, captures) -> None:
+    pcap = str(captures / "synthetic-n3.pcap")
+    with veth_ns.inside():
+        port = free_port()
+    live = start_live(veth_ns, "--iface", veth_ns.rx, *CONTROL, "--duration", "20", "--metrics-port", str(port),
+                      "--metrics-addr", "127.0.0.1")
+    veth_ns.replay(pcap, "--topspeed")
+    # counters are published once a second, after the frames are decoded: poll, with a deadline
+    deadline = time.monotonic() + 15
+    with veth_ns.inside():
+        while True:
+            metrics = _scrape(port)
+            if metrics.get('upf_tap_packets_total{iface="rx0"}', 0) >= 811 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    live.p.send_signal(signal.SIGINT)
+    rc, _out, err = live.finish()
+    assert rc == 0, err
     assert metrics['upf_tap_packets_total{iface="rx0"}'] == 811
     assert metrics['upf_tap_kernel_drops_total{iface="rx0"}'] == 0
     assert metrics['upf_tap_events_total{kind="http.request"}'] == 39
