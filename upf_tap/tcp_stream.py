@@ -5,7 +5,8 @@ them (like Suricata's stream depth, but per message): consumed bytes are dropped
 window slides on, so a keep-alive connection's hundredth request is read like its first,
 and a body the dissector skips is never held. A message longer than the depth ends the
 direction (``tcp.depth_reached``). Out-of-order segments wait in a small bounded map;
-retransmitted and overlapping bytes are first-come (the copy already held wins).
+retransmitted and overlapping bytes are first-come (the copy already held wins). A hole that
+``MAX_OOO_SEGMENTS`` later segments leave unfilled ends the direction (``tcp.ooo_overflow``).
 
 Which dissector reads a direction: the one of its server port, else the first whose
 ``looks_like`` takes the stream's first bytes. If none does, or the dissector gives up
@@ -98,9 +99,14 @@ class StreamDirection:
         blen = len(buf)
         if rel > blen:
             if rel >= depth:
+                stats["tcp.beyond_depth"] += 1  # past a hole, further on than the window reaches
                 return False
             if len(self.ooo) >= MAX_OOO_SEGMENTS:
+                # a hole that this many later segments have not filled will not be: the direction
+                # is over (tshark, holding what follows a hole until it fills, reads nothing past
+                # it either), and the fast path skips the rest instead of counting each segment here
                 stats["tcp.ooo_overflow"] += 1
+                self.finish()
                 return False
             old = self.ooo.get(rel)
             if old is None or len(old) < len(payload):

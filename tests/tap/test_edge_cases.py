@@ -51,6 +51,40 @@ def test_http_split_out_of_order_and_retransmitted(tmp_path: Path) -> None:
     assert_matches_tshark(path, events)
 
 
+def test_a_hole_never_filled_ends_the_direction(tmp_path: Path) -> None:
+    """An upload whose first segment (the request head) never arrives: the direction holds
+    MAX_OOO_SEGMENTS segments waiting for the hole, then is over (one ``tcp.ooo_overflow``), and
+    the fast path skips what follows instead of the decoder counting every later segment.
+    tshark, holding what follows a hole until it fills, finds no request either."""
+    from upf_tap.constants import MAX_OOO_SEGMENTS
+
+    def upload(n: int) -> tuple[bytes, list[tuple[int, bytes]]]:  # a request head, then n segments of its body
+        head = gen.http_get("up.mec.local", "/upload", f"Content-Length: {n * len(body)}\r\n")
+        return head, [(len(head) + i * len(body), body) for i in range(n)]
+
+    body = bytes(range(100))  # 104 segments: all within the 16 KiB window
+    head, segs = upload(MAX_OOO_SEGMENTS + 40)
+    path = gen.write(tmp_path / "hole.pcap", gen.tcp_session(UE, gen.APP, 40003, 80, segs, teid=13))
+    events, stats = decode(path)
+    assert [e for e in events if e["kind"] == "http.request"] == []
+    assert stats["tcp.out_of_order"] == MAX_OOO_SEGMENTS
+    assert stats["tcp.ooo_overflow"] == 1  # once: then the direction is skipped
+    assert_matches_tshark(path, events)
+    # a segment further past the hole than the window reaches is a counted drop too
+    far = [(len(head) + 100, body), (len(head) + 20_000, body)]
+    path = gen.write(tmp_path / "far.pcap", gen.tcp_session(UE, gen.APP, 40005, 80, far, teid=13))
+    _events, stats = decode(path)
+    assert (stats["tcp.out_of_order"], stats["tcp.beyond_depth"]) == (1, 1)
+    # and a hole filled before that many segments are held is read as ever
+    head, segs = upload(MAX_OOO_SEGMENTS - 1)
+    segs.append((0, head))
+    path = gen.write(tmp_path / "filled.pcap", gen.tcp_session(UE, gen.APP, 40004, 80, segs, teid=13))
+    events, stats = decode(path)
+    assert [e["app"]["path"] for e in events if e["kind"] == "http.request"] == ["/upload"]
+    assert stats["tcp.ooo_overflow"] == 0
+    assert_matches_tshark(path, events)
+
+
 def test_ipv6_inside_gtpu(tmp_path: Path) -> None:
     req = gen.http_get("v6.mec.local", "/six")
     pkts = gen.tcp_session(UE6, gen.APP6, 40001, 80, [(0, req)], teid=9, v6=True)
