@@ -39,11 +39,11 @@ _header = struct.Struct("!HHHHHH").unpack_from
 # \uXXXX for other non-printables, U+FFFD for bytes that are not UTF-8. A '.' inside a
 # label and a backslash stay as they are, as tshark shows them.
 _C_ESC = {7: "\\a", 8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r"}
-_PLAIN = frozenset(range(0x20, 0x7F))
+_PLAIN = bytes(range(0x20, 0x7F))
 
 
 def _label_text(label: bytes) -> str:
-    if all(c in _PLAIN for c in label):
+    if not label.translate(None, _PLAIN):  # nothing left once the printable ASCII is deleted
         return label.decode("ascii")
     out = []
     for ch in label.decode("utf-8", "replace"):
