@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, TextIO
 
 from mec_common import cli
@@ -51,7 +51,8 @@ def run_read(args: argparse.Namespace) -> int:
     if args.workers > 1:
         if len(args.files) > 1:
             raise CommandError("--workers takes one file (merge captures with mergecap first)")
-        return _read_shared(args, cfg, stdout_text())
+        bout = stdout_bytes()
+        return _read_shared(args, cfg, bout if bout is not None else stdout_text())
     # whole lines even on a raw stdout (python -u) that takes part of a write; bytes straight
     # from orjson where stdout has a binary side (no decode and re-encode per event)
     out: TextIO | BinaryIO
@@ -96,11 +97,17 @@ def run_read(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_shared(args: argparse.Namespace, cfg: Any, out: TextIO) -> int:
+def _text_writer(out: TextIO) -> Callable[[bytes], object]:
+    """Bytes written to a text stream (a test's StringIO in place of stdout)."""
+    return lambda b: out.write(b.decode())
+
+
+def _read_shared(args: argparse.Namespace, cfg: Any, out: TextIO | BinaryIO) -> int:
     """``read --workers N``: N forked taps on one file, each its share of the flows; their
     events merged by capture time (then worker, then order: the same events as one process,
-    in time order), counters summed."""
+    in time order), counters summed. Lines stay bytes from orjson to ``out`` where it is binary."""
     import heapq
+    import io
     import json
     import os
     import tempfile
@@ -118,15 +125,15 @@ def _read_shared(args: argparse.Namespace, cfg: Any, out: TextIO) -> int:
                 code = 0
                 try:
                     cfg.worker, cfg.workers = k, n
-                    with open(os.path.join(tmp, f"{k}.events"), "w", encoding="utf-8") as f:
-                        def emit(ev: dict[str, Any], w: Any = f.write) -> None:
-                            w(f"{ev['time']} {to_json_line(ev)}\n")  # RFC 3339, fixed width: sorts as time
+                    with open(os.path.join(tmp, f"{k}.events"), "wb") as evf:
+                        def emit(ev: dict[str, Any], w: Any = evf.write) -> None:
+                            w(ev["time"].encode() + b" " + to_json_bytes(ev))  # RFC 3339, fixed width: sorts as time
 
                         tap = Tap(cfg, emit)
                         tap.consume_batches(read_batches(args.files[0], tap.stats, runs=True))
                         tap.finish()
-                    with open(os.path.join(tmp, f"{k}.counters"), "w", encoding="utf-8") as f:
-                        json.dump(tap.counters(), f)
+                    with open(os.path.join(tmp, f"{k}.counters"), "w", encoding="utf-8") as cf:
+                        json.dump(tap.counters(), cf)
                 except (CaptureError, ValueError) as e:  # an unreadable capture, a bad identity file
                     print(f"upf-tap: error: {e}", file=sys.stderr)
                     code = 2
@@ -140,16 +147,17 @@ def _read_shared(args: argparse.Namespace, cfg: Any, out: TextIO) -> int:
         codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
         if any(codes):
             raise CommandError(f"a worker failed (exit codes {codes})", code=max(codes))
-        files = [open(os.path.join(tmp, f"{k}.events"), encoding="utf-8") for k in range(n)]  # noqa: SIM115
+        files = [open(os.path.join(tmp, f"{k}.events"), "rb") for k in range(n)]  # noqa: SIM115
         try:
             def keyed(k: int) -> Any:
                 for i, line in enumerate(files[k]):
-                    ts, _, rest = line.partition(" ")
+                    ts, _, rest = line.partition(b" ")
                     yield ts, k, i, rest
 
+            write = out.write if isinstance(out, io.BufferedIOBase) else _text_writer(out)  # type: ignore[arg-type]  # out is TextIO here
             try:
                 for _ts, _k, _i, line in heapq.merge(*(keyed(k) for k in range(n))):
-                    out.write(line)
+                    write(line)
                 out.flush()
             except BrokenPipeError:
                 return 0
@@ -159,8 +167,8 @@ def _read_shared(args: argparse.Namespace, cfg: Any, out: TextIO) -> int:
         if args.stats:
             total: dict[str, int] = {}
             for k in range(n):
-                with open(os.path.join(tmp, f"{k}.counters"), encoding="utf-8") as f:
-                    for name, v in json.load(f).items():
+                with open(os.path.join(tmp, f"{k}.counters"), encoding="utf-8") as cf:
+                    for name, v in json.load(cf).items():
                         # every worker reads every packet: those counts are worker 0's
                         if k == 0 or not (name in ("packets", "bytes") or name.startswith("capture.")):
                             total[name] = total.get(name, 0) + v
