@@ -51,14 +51,17 @@ def test_read_finishes_short_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(json.loads(line) for line in got.splitlines())
 
 
-def test_read_to_a_text_only_stdout_gives_the_same_lines(monkeypatch: pytest.MonkeyPatch) -> None:
-    """stdout without a binary side (a StringIO, as a caller embedding the CLI may set) takes the text path."""
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_read_to_a_text_only_stdout_gives_the_same_lines(monkeypatch: pytest.MonkeyPatch, workers: list[str]) -> None:
+    """stdout without a binary side (a StringIO, as a caller embedding the CLI may set) takes the text
+    path; with workers too (their merged bytes are decoded for it)."""
     cap = CAPTURES / "synthetic-n3.pcap"
-    want = subprocess.run([sys.executable, "-m", "upf_tap", "read", "--no-control", str(cap)],
+    want = subprocess.run([sys.executable, "-m", "upf_tap", "read", "--no-control", *workers, str(cap)],
                           capture_output=True, text=True, check=True).stdout
+    assert want.count("\n") > 100
     text = io.StringIO()
     monkeypatch.setattr(sys, "stdout", text)
-    assert cli.main(["read", "--no-control", str(cap)]) == 0
+    assert cli.main(["read", "--no-control", *workers, str(cap)]) == 0
     assert text.getvalue() == want
 
 
