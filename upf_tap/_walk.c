@@ -56,11 +56,15 @@ static inline int is_gtpu_port(const Ctx *c, unsigned port) {
     return 0;
 }
 
-/* (a XOR b) mod workers for two big-endian numbers of n bytes: pipeline.owner */
+/* flows.owner, as the live fanout program chooses: the XOR of the addresses' last 32 bits
+   (a and b are n bytes, big-endian), folded, modulo the workers */
 static inline long long owner_of(const unsigned char *a, const unsigned char *b, int n, long long workers) {
-    unsigned long long r = 0;
-    for (int i = 0; i < n; i++) r = (r * 256 + (unsigned)(a[i] ^ b[i])) % (unsigned long long)workers;
-    return (long long)r;
+    const unsigned char *p = a + n - 4, *q = b + n - 4;
+    uint32_t x = ((uint32_t)(p[0] ^ q[0]) << 24) | ((uint32_t)(p[1] ^ q[1]) << 16) |
+                 ((uint32_t)(p[2] ^ q[2]) << 8) | (uint32_t)(p[3] ^ q[3]);
+    x ^= x >> 16;
+    x ^= x >> 8;
+    return (long long)(x % (unsigned long long)workers);
 }
 
 static int ctx_init(Ctx *c, PyObject *t) {

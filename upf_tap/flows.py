@@ -19,6 +19,17 @@ from upf_tap.decode.gtpu import PDU_TYPE_DL, PDU_TYPE_UL
 from upf_tap.tcp_stream import StreamDirection
 
 
+def owner(src: bytes, dst: bytes, workers: int) -> int:
+    """Which of ``workers`` taps reads the user packets between these two addresses (either
+    way), as the live tap's fanout program (``capture.bpf.fanout_n3_program``) chooses its
+    socket: the XOR of the addresses' last 32 bits, folded (``h = x ^ x >> 16; h ^= h >> 8``),
+    modulo the workers. XOR keeps both directions of a flow on one; the fold lets every byte
+    of the addresses count, not only the last bits."""
+    x = int.from_bytes(src[-4:], "big") ^ int.from_bytes(dst[-4:], "big")
+    x ^= x >> 16
+    return (x ^ (x >> 8)) % workers
+
+
 class Flow:
     """One bidirectional flow. Direction 0 is the direction of the first packet seen."""
 

@@ -74,7 +74,7 @@ from upf_tap.decode.ip import FragmentReassembler, IPLayer, ip_str
 from upf_tap.decode.link import LINKTYPE_ETHERNET, ip_offset
 from upf_tap.dissect import IP_PROTOS, Dissector, Malformed, datagram_dissector
 from upf_tap.events import AppEvent, end_marker, identify, make_event
-from upf_tap.flows import Flow, FlowTable, UeSide
+from upf_tap.flows import Flow, FlowTable, UeSide, owner
 from upf_tap.tcp_stream import StreamDirection, closes
 from upf_tap.walk import walk
 
@@ -97,12 +97,6 @@ PROTO_NAMES = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMP: "icmp",
                IPPROTO_ICMPV6: "icmpv6", IPPROTO_SCTP: "sctp"}
 EXPIRY_EVERY_NS = 1_000_000_000
 HARD_EXPIRY_EVERY_NS = 30_000_000_000
-
-
-def owner(src: bytes, dst: bytes, workers: int) -> int:
-    """Which of ``workers`` taps reads the user packets between these two addresses (either
-    way): their XOR, as the live tap's fanout program folds them, so a flow stays on one."""
-    return (int.from_bytes(src, "big") ^ int.from_bytes(dst, "big")) % workers
 
 
 def _ignore(_event: AppEvent) -> None:

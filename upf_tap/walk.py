@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from upf_tap.capture.pcapfile import MAX_RECORD, PcapngRun, PcapRun
 from upf_tap.constants import ACCEL_ENV, IPPROTO_TCP, LRU_TOUCH_NS
 from upf_tap.decode.link import LINKTYPE_ETHERNET
+from upf_tap.flows import owner
 
 ACCEL: ModuleType | None
 try:
@@ -209,9 +210,9 @@ def walk_pcap(tap: Tap, run: PcapRun) -> None:
                         and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
                     hit = None
                     if ext_ip == 0x0045:  # inner IPv4 without options
-                        if workers > 1 and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me:
+                        if workers > 1 and owner(key[:4], key[4:8], workers) != me:
                             off = end
-                            continue  # another worker's flow (pipeline.owner)
+                            continue  # another worker's flow (flows.owner)
                         if incl - itot == 58:
                             iproto = ifrag_proto & 0x3FFF00FF
                             if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):
@@ -223,15 +224,15 @@ def walk_pcap(tap: Tap, run: PcapRun) -> None:
                         plen, nh, key, tcp = fast6(buf, off)
                         if (nh == 6 and incl - plen == 98 and not tcp & 0x07 and tcp >= 0x5000
                                 and plen >= (tcp_end := (tcp >> 12) * 4)):
-                            if workers > 1 and (int.from_bytes(key[:16], "big") ^ int.from_bytes(key[16:32], "big")) % workers != me:
+                            if workers > 1 and owner(key[:16], key[16:32], workers) != me:
                                 off = end
-                                continue  # another worker's flow (pipeline.owner)
+                                continue  # another worker's flow (flows.owner)
                             hit = (flows_get if plen == tcp_end else skip_get)(key)
                             itot = plen + 20  # the counters below take itot - 20: the TCP segment's length
                         elif nh == 17 and incl - plen == 98:  # UDP in IPv6: a direction gone quiet
-                            if workers > 1 and (int.from_bytes(key[:16], "big") ^ int.from_bytes(key[16:32], "big")) % workers != me:
+                            if workers > 1 and owner(key[:16], key[16:32], workers) != me:
                                 off = end
-                                continue  # another worker's flow (pipeline.owner)
+                                continue  # another worker's flow (flows.owner)
                             hit = udp_skip_get(key)
                             itot = plen + 20
                     if hit is not None:
@@ -307,9 +308,9 @@ def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
                         and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
                     hit = None
                     if ext_ip == 0x0045:  # inner IPv4 without options
-                        if workers > 1 and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me:
+                        if workers > 1 and owner(key[:4], key[4:8], workers) != me:
                             off = end
-                            continue  # another worker's flow (pipeline.owner)
+                            continue  # another worker's flow (flows.owner)
                         if cap - itot == 58:
                             iproto = ifrag_proto & 0x3FFF00FF
                             if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):
@@ -321,15 +322,15 @@ def walk_pcapng(tap: Tap, run: PcapngRun) -> None:
                         plen, nh, key, tcp = fast6(buf, off)
                         if (nh == 6 and cap - plen == 98 and not tcp & 0x07 and tcp >= 0x5000
                                 and plen >= (tcp_end := (tcp >> 12) * 4)):
-                            if workers > 1 and (int.from_bytes(key[:16], "big") ^ int.from_bytes(key[16:32], "big")) % workers != me:
+                            if workers > 1 and owner(key[:16], key[16:32], workers) != me:
                                 off = end
-                                continue  # another worker's flow (pipeline.owner)
+                                continue  # another worker's flow (flows.owner)
                             hit = (flows_get if plen == tcp_end else skip_get)(key)
                             itot = plen + 20  # the counters below take itot - 20: the TCP segment's length
                         elif nh == 17 and cap - plen == 98:  # UDP in IPv6: a direction gone quiet
-                            if workers > 1 and (int.from_bytes(key[:16], "big") ^ int.from_bytes(key[16:32], "big")) % workers != me:
+                            if workers > 1 and owner(key[:16], key[16:32], workers) != me:
                                 off = end
-                                continue  # another worker's flow (pipeline.owner)
+                                continue  # another worker's flow (flows.owner)
                             hit = udp_skip_get(key)
                             itot = plen + 20
                     if hit is not None:
@@ -388,8 +389,8 @@ def _walk_batch_from(tap: Tap, buf: bytes, recs: list[int], first: int) -> None:
                         and (ports in both_ports or ports >> 16 in gtpu_ports or ports & 0xFFFF in gtpu_ports)):
                     hit = None
                     if ext_ip == 0x0045:  # inner IPv4 without options
-                        if workers > 1 and (int.from_bytes(key[:4], "big") ^ int.from_bytes(key[4:8], "big")) % workers != me:
-                            continue  # another worker's flow (pipeline.owner)
+                        if workers > 1 and owner(key[:4], key[4:8], workers) != me:
+                            continue  # another worker's flow (flows.owner)
                         if flen - itot == 58:
                             iproto = ifrag_proto & 0x3FFF00FF
                             if iproto == 6 and not tcp & 0x07 and tcp >= 0x5000 and itot >= (tcp_end := 20 + (tcp >> 12) * 4):
@@ -401,13 +402,13 @@ def _walk_batch_from(tap: Tap, buf: bytes, recs: list[int], first: int) -> None:
                         plen, nh, key, tcp = fast6(buf, start)
                         if (nh == 6 and flen - plen == 98 and not tcp & 0x07 and tcp >= 0x5000
                                 and plen >= (tcp_end := (tcp >> 12) * 4)):
-                            if workers > 1 and (int.from_bytes(key[:16], "big") ^ int.from_bytes(key[16:32], "big")) % workers != me:
-                                continue  # another worker's flow (pipeline.owner)
+                            if workers > 1 and owner(key[:16], key[16:32], workers) != me:
+                                continue  # another worker's flow (flows.owner)
                             hit = (flows_get if plen == tcp_end else skip_get)(key)
                             itot = plen + 20  # the counters below take itot - 20: the TCP segment's length
                         elif nh == 17 and flen - plen == 98:  # UDP in IPv6: a direction gone quiet
-                            if workers > 1 and (int.from_bytes(key[:16], "big") ^ int.from_bytes(key[16:32], "big")) % workers != me:
-                                continue  # another worker's flow (pipeline.owner)
+                            if workers > 1 and owner(key[:16], key[16:32], workers) != me:
+                                continue  # another worker's flow (flows.owner)
                             hit = udp_skip_get(key)
                             itot = plen + 20
                     if hit is not None:

@@ -14,6 +14,7 @@ import pytest
 
 from upf_tap.capture import bpf, fanout
 from upf_tap.capture.ring import LINKTYPE_ETHERNET, Ring
+from upf_tap.flows import owner
 
 pytestmark = pytest.mark.root
 
@@ -124,7 +125,8 @@ def test_n6_filter_keeps_all_ip(veth_ns) -> None:
 
 
 def test_fanout_keeps_each_inner_flow_on_one_socket(veth_ns) -> None:
-    """cbpf fanout on inner addresses: both directions of a UE flow go to one socket."""
+    """cbpf fanout on inner addresses: both directions of a UE flow go to one socket, the one
+    flows.owner names: `read --workers` splits a capture as the kernel splits live traffic."""
     group = fanout.new_group_id()
     rings = []
     with veth_ns.inside():
@@ -132,18 +134,20 @@ def test_fanout_keeps_each_inner_flow_on_one_socket(veth_ns) -> None:
             r = Ring(veth_ns.rx, ring_mb=2, block_size=1 << 16)
             bpf.attach(r.sock, [(bpf.RET | bpf.K, 0, 0, 0)])
             r.start()
-            fanout.join(r.sock, group, "cbpf", bpf.fanout_n3_program())
+            fanout.join(r.sock, group, "cbpf", bpf.fanout_n3_program())  # socket i: the i-th to join
             bpf.attach(r.sock, bpf.capture_program("n3", 14, (2152,), sctp=False))
             rings.append(r)
     tx = _sender(veth_ns)
     sent = {}
+    # every byte of the addresses varies, so a split on the low bits alone would disagree
+    ues = [(f"10.{45 + ue % 3}.{ue % 5}.{2 + ue}", SRV, F.ipv4) for ue in range(32)]
+    ues += [(f"2001:db8:{ue:x}::{ue % 7:x}:{2 + ue:x}", "2001:db8:ffff::10", F.ipv6) for ue in range(16)]
     try:
-        for ue in range(2, 34):
-            ue_ip = f"10.45.0.{ue}"
+        for ue, (ue_ip, srv, ip) in enumerate(ues):
             for i, qfi in enumerate((None, 1)):  # with and without the PDU Session Container
-                ul = F.eth(F.ipv4(GNB, UPF, 17, F.udp(2152, 2152, F.gtpu(ue, F.ipv4(ue_ip, SRV, 17, F.udp(
+                ul = F.eth(F.ipv4(GNB, UPF, 17, F.udp(2152, 2152, F.gtpu(ue, ip(ue_ip, srv, 17, F.udp(
                     1000 + i, 53, b"u")), qfi))))
-                dl = F.eth(F.ipv4(UPF, GNB, 17, F.udp(2152, 2152, F.gtpu(ue + 100, F.ipv4(SRV, ue_ip, 17, F.udp(
+                dl = F.eth(F.ipv4(UPF, GNB, 17, F.udp(2152, 2152, F.gtpu(ue + 100, ip(srv, ue_ip, 17, F.udp(
                     53, 1000 + i, b"d")), qfi, ul=False))))
                 tx.send(ul)
                 tx.send(dl)
@@ -160,6 +164,10 @@ def test_fanout_keeps_each_inner_flow_on_one_socket(veth_ns) -> None:
             for f in got:
                 assert where.setdefault(sent[f], idx) == idx, f"UE {sent[f]} split across workers"
         assert set(where.values()) == {0, 1}  # and the UEs are spread over both
+        for ue_ip, srv, ip in ues:
+            family = socket.AF_INET if ip is F.ipv4 else socket.AF_INET6
+            want = owner(socket.inet_pton(family, ue_ip), socket.inet_pton(family, srv), 2)
+            assert where[ue_ip] == want, f"the kernel put UE {ue_ip} on socket {where[ue_ip]}, owner() says {want}"
     finally:
         tx.close()
         for r in rings:

@@ -1,7 +1,7 @@
 """`upf-tap read --workers N`: the same events as one process, from every capture.
 
 Each worker reads the whole file and decodes only the flows whose inner addresses it owns
-(pipeline.owner, as the live fanout program splits them); control-plane events are
+(flows.owner, as the live fanout program splits them); control-plane events are
 reported by worker 0 alone. Checked on the real captures in ../shared/captures (N3 with
 PFCP/NGAP among them) and on a generated mixed N3 workload with thousands of flows.
 """
