@@ -40,7 +40,9 @@ def add_read_parser(subparsers: cli.SubParsers) -> argparse.ArgumentParser:
 
 def run_read(args: argparse.Namespace) -> int:
     from upf_tap.capture.pcapfile import merge_captures, read_batches
-    from upf_tap.pipeline import Tap
+    from upf_tap.pipeline import Tap, quiet_gc
+
+    quiet_gc()
 
     try:
         cfg = tap_config(args)

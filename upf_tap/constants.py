@@ -56,6 +56,11 @@ ACCEL_ENV = "UPF_TAP_ACCEL"         # 0: the Python walks even where the compile
 LRU_TOUCH_NS = 1_000_000_000         # a flow's place in the LRU order is kept to this precision
 MAX_OOO_SEGMENTS = 64                 # out-of-order segments held per TCP direction
 UDP_QUIET_DATAGRAMS = 8               # datagrams in a row no dissector takes before a UDP direction is skipped
+# The user-plane decoder makes no reference cycles (tests/tap/test_no_cycles.py), but its dicts
+# and tuples trip the cyclic collector's default threshold (700) every few hundred packets: a
+# collection every this many allocations instead, after the start-up objects are frozen (the
+# control plane's pycrate objects do make cycles; they are collected at this pace)
+GC_THRESHOLD = 50_000
 RESNIFF_SEGMENTS = 4                  # uplink segments offered to the stream sniffers when no dissector reads on
 # UE address pools telling the UE end of a flow when the tunnel does not (--ue-pool replaces
 # them); the lab's SMF hands out addresses from the same pools

@@ -45,6 +45,7 @@ from upf_tap.live.spool import FSYNC_POLICIES, Spool, SpoolError
 from upf_tap.live.worker import CaptureSpec, Worker, kept_sockets
 from upf_tap.options import add_pipeline_options, print_counters, tap_config
 from upf_tap.output import stdout_text
+from upf_tap.pipeline import quiet_gc
 
 if TYPE_CHECKING:
     import multiprocessing.process
@@ -268,6 +269,7 @@ def run_live(args: argparse.Namespace) -> int:
         _err(reason)
         return EXIT_BAD_INPUT
     kept_sockets()  # ring sockets a supervisor kept for us (LISTEN_FDS): read before any worker forks
+    quiet_gc()
     try:
         cfg = tap_config(args)
         token = _read_token(args.token_file) if args.detector else ""
