@@ -248,11 +248,38 @@ static int fast_one(Ctx *c, const unsigned char *f, long long flen, long long ts
     return 0;
 }
 
+/* The last tunnel tuple made, by its fields: consecutive packets of one N3 link mostly share one
+   (an immutable tuple of equal content, so sharing it is as good as a new one) */
+static PyObject *g_tun;
+static unsigned char g_tun_key[14];
+
+static PyObject *tunnel_of(const unsigned char *f) {
+    unsigned char k[14];
+    memcpy(k, f + 26, 8);     /* outer source and destination */
+    memcpy(k + 8, f + 46, 4); /* TEID */
+    k[12] = f[56] & 0x3F;     /* QFI */
+    k[13] = f[55] >> 4;       /* PDU type */
+    if (g_tun != NULL && memcmp(k, g_tun_key, sizeof k) == 0) {
+        Py_INCREF(g_tun);
+        return g_tun;
+    }
+    PyObject *osrc = PyBytes_FromStringAndSize((const char *)f + 26, 4);
+    PyObject *odst = osrc ? PyBytes_FromStringAndSize((const char *)f + 30, 4) : NULL;
+    PyObject *tun = odst ? Py_BuildValue("(OOkii)", osrc, odst, (unsigned long)be32(f + 46), k[12], k[13]) : NULL;
+    Py_XDECREF(osrc);
+    Py_XDECREF(odst);
+    if (tun == NULL) return NULL;
+    Py_XSETREF(g_tun, tun);
+    memcpy(g_tun_key, k, sizeof k);
+    Py_INCREF(tun);
+    return tun;
+}
+
 /* Hand a frame of the common N3 shape to tap._tcp / tap._udp with what the outer layers would
    have found: (data, l4, end, src, dst, (outer src, outer dst, TEID, QFI, PDU type)). */
 static int to_l4(Ctx *c, long long ts_ns, const unsigned char *f, long long flen, int v6, int proto) {
     int rc = -1;
-    PyObject *frame = NULL, *src = NULL, *dst = NULL, *osrc = NULL, *odst = NULL, *tun = NULL, *ts = NULL, *r;
+    PyObject *frame = NULL, *src = NULL, *dst = NULL, *tun = NULL, *ts = NULL, *l4o = NULL, *endo = NULL, *r;
     if (PyObject_SetAttr(c->tap, s_seq, zero) < 0) return -1; /* as feed_at starts a packet */
     if ((ts = PyLong_FromLongLong(ts_ns)) == NULL) goto out;
     if (PyObject_SetAttr(c->tap, s_last_ns, ts) < 0) goto out;
@@ -260,11 +287,10 @@ static int to_l4(Ctx *c, long long ts_ns, const unsigned char *f, long long flen
     int alen = v6 ? 16 : 4, at = v6 ? 66 : 70, l4 = v6 ? 98 : 78;
     if ((src = PyBytes_FromStringAndSize((const char *)f + at, alen)) == NULL) goto out;
     if ((dst = PyBytes_FromStringAndSize((const char *)f + at + alen, alen)) == NULL) goto out;
-    if ((osrc = PyBytes_FromStringAndSize((const char *)f + 26, 4)) == NULL) goto out;
-    if ((odst = PyBytes_FromStringAndSize((const char *)f + 30, 4)) == NULL) goto out;
-    tun = Py_BuildValue("(OOkii)", osrc, odst, (unsigned long)be32(f + 46), f[56] & 0x3F, f[55] >> 4);
-    if (tun == NULL) goto out;
-    r = PyObject_CallFunction(proto == 6 ? c->tcp : c->udp, "OOinOOO", ts, frame, l4, (Py_ssize_t)flen, src, dst, tun);
+    if ((tun = tunnel_of(f)) == NULL) goto out;
+    if ((l4o = PyLong_FromLong(l4)) == NULL || (endo = PyLong_FromLongLong(flen)) == NULL) goto out;
+    PyObject *argv[7] = {ts, frame, l4o, endo, src, dst, tun};
+    r = PyObject_Vectorcall(proto == 6 ? c->tcp : c->udp, argv, 7, NULL);
     if (r == NULL) goto out;
     Py_DECREF(r);
     rc = 0;
@@ -273,9 +299,9 @@ out:
     Py_XDECREF(frame);
     Py_XDECREF(src);
     Py_XDECREF(dst);
-    Py_XDECREF(osrc);
-    Py_XDECREF(odst);
     Py_XDECREF(tun);
+    Py_XDECREF(l4o);
+    Py_XDECREF(endo);
     return rc;
 }
 
@@ -363,26 +389,24 @@ static PyObject *walk_pcap(PyObject *self, PyObject *args) {
         npk++;
         ts_ns = ts;
         if (ts_ns >= c.next_expiry) {
-            if (set_state(state, off, npk, ts_ns, 0) < 0 || do_expire(&c, ts_ns) < 0) goto fail;
+            if (do_expire(&c, ts_ns) < 0) goto fail_state; /* the state is written only if this fails */
         }
         if (incl >= min_fast) {
             int v6 = 0, k = fast_one(&c, r + 16, incl, ts_ns, &v6);
             if (k < 0) goto fail_state;
             if (k > 1) {
-                if (set_state(state, off, npk, ts_ns, 0) < 0 || to_l4(&c, ts_ns, r + 16, incl, v6, k) < 0)
-                    goto fail;
+                if (to_l4(&c, ts_ns, r + 16, incl, v6, k) < 0) goto fail_state;
             }
             if (k) {
                 off = end;
                 continue;
             }
         }
-        if (set_state(state, off, npk, ts_ns, 0) < 0) goto fail;
         PyObject *frame = PyBytes_FromStringAndSize((const char *)r + 16, incl);
-        if (frame == NULL) goto fail;
+        if (frame == NULL) goto fail_state;
         int e = do_slow(&c, ts_ns, linktype, frame, (Py_ssize_t)incl);
         Py_DECREF(frame);
-        if (e < 0) goto fail;
+        if (e < 0) goto fail_state;
         off = end;
     }
     PyBuffer_Release(&view);
@@ -395,7 +419,6 @@ fail_state:
         set_state(state, off, npk, ts_ns, 0);
         PyErr_Restore(et, ev, tb);
     }
-fail:
     PyBuffer_Release(&view);
     return NULL;
 }
@@ -455,26 +478,24 @@ static PyObject *walk_pcapng(PyObject *self, PyObject *args) {
         g_bytes += cap;
         ts_ns = ts;
         if (ts_ns >= c.next_expiry) {
-            if (set_state(state, off, npk, ts_ns, 0) < 0 || do_expire(&c, ts_ns) < 0) goto fail;
+            if (do_expire(&c, ts_ns) < 0) goto fail_state; /* the state is written only if this fails */
         }
         if (cap >= min_fast) {
             int v6 = 0, k = fast_one(&c, b + 28, cap, ts_ns, &v6);
             if (k < 0) goto fail_state;
             if (k > 1) {
-                if (set_state(state, off, npk, ts_ns, 0) < 0 || to_l4(&c, ts_ns, b + 28, cap, v6, k) < 0)
-                    goto fail;
+                if (to_l4(&c, ts_ns, b + 28, cap, v6, k) < 0) goto fail_state;
             }
             if (k) {
                 off = end;
                 continue;
             }
         }
-        if (set_state(state, off, npk, ts_ns, 0) < 0) goto fail;
         PyObject *frame = PyBytes_FromStringAndSize((const char *)b + 28, cap);
-        if (frame == NULL) goto fail;
+        if (frame == NULL) goto fail_state;
         int e = do_slow(&c, ts_ns, (long)linktype, frame, (Py_ssize_t)cap);
         Py_DECREF(frame);
-        if (e < 0) goto fail;
+        if (e < 0) goto fail_state;
         off = end;
     }
     PyBuffer_Release(&view);
@@ -488,7 +509,6 @@ fail_state:
         set_state(state, off, npk, ts_ns, 0);
         PyErr_Restore(et, ev, tb);
     }
-fail:
     PyBuffer_Release(&view);
     Py_DECREF(ifaces);
     return NULL;
@@ -528,28 +548,27 @@ static PyObject *walk_batch(PyObject *self, PyObject *args) {
         if (start < 0 || end > blen || flen < 0) { done = 0; goto stop; } /* Python would slice; let it */
         ts_ns = v[0];
         if (ts_ns >= c.next_expiry) {
-            if (set_state(state, i, 0, ts_ns, 0) < 0 || do_expire(&c, ts_ns) < 0) goto fail;
+            if (do_expire(&c, ts_ns) < 0) goto fail_state;
         }
         if (use_fast && v[1] == 1 && flen >= 98) {
             int v6 = 0, k = fast_one(&c, buf + start, flen, ts_ns, &v6);
             if (k < 0) goto fail_state;
             if (k > 1) {
-                if (set_state(state, i, 0, ts_ns, 0) < 0 || to_l4(&c, ts_ns, buf + start, flen, v6, k) < 0) goto fail;
+                if (to_l4(&c, ts_ns, buf + start, flen, v6, k) < 0) goto fail_state;
             }
             if (k) continue;
         }
-        if (set_state(state, i, 0, ts_ns, 0) < 0) goto fail;
         PyObject *frame;
         if (start == 0 && end == blen) {
             frame = bufobj;
             Py_INCREF(frame);
         } else {
             frame = PyBytes_FromStringAndSize((const char *)buf + start, flen);
-            if (frame == NULL) goto fail;
+            if (frame == NULL) goto fail_state;
         }
         int e = do_slow(&c, ts_ns, (long)v[1], frame, (Py_ssize_t)flen);
         Py_DECREF(frame);
-        if (e < 0) goto fail;
+        if (e < 0) goto fail_state;
     }
 stop:
     Py_DECREF(bufobj);
@@ -563,7 +582,6 @@ fail_state:
         set_state(state, i, 0, ts_ns, 0);
         PyErr_Restore(et, ev, tb);
     }
-fail:
     Py_DECREF(bufobj);
     Py_DECREF(recs);
     return NULL;
