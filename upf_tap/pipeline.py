@@ -60,6 +60,7 @@ from upf_tap.constants import (
     IPPROTO_SCTP,
     IPPROTO_TCP,
     IPPROTO_UDP,
+    LRU_TOUCH_NS,
     MAX_NESTED_TUNNELS,
     PFCP_PORT,
     RESNIFF_SEGMENTS,
@@ -346,11 +347,11 @@ class Tap:
             return
         self._nested(ts_ns, data, where, end, tun, src, dst)
 
-    def _flow_for(self, ts_ns: int, table: dict[bytes, tuple[Flow, int]], proto: int, key: bytes, data: bytes,
-                  l4: int, end: int, src: bytes, dst: bytes, sport: int, dport: int, tun: GtpuContext | None,
-                  client_is_src: bool | None) -> tuple[Flow, int]:
-        """The packet's flow and direction (a new flow if none), with its counters updated."""
-        hit = table.get(key)
+    def _flow_for(self, ts_ns: int, hit: tuple[Flow, int] | None, table: dict[bytes, tuple[Flow, int]], proto: int,
+                  key: bytes, data: bytes, l4: int, end: int, src: bytes, dst: bytes, sport: int, dport: int,
+                  tun: GtpuContext | None, client_is_src: bool | None) -> tuple[Flow, int]:
+        """The packet's flow and direction (``hit``, the table's entry for ``key``, or a new flow
+        if None), with its counters updated."""
         if hit is None:
             rkey = dst + src + data[l4 + 2 : l4 + 4] + data[l4 : l4 + 2] if sport or dport else dst + src + key[-2:]
             ue_is_src = self.ue_side.is_src(src, dst, -1 if tun is None else tun[4], client_is_src)
@@ -359,15 +360,19 @@ class Tap:
             if self._nesting_ue:
                 flow.ue_ip = self._nesting_ue
             idx = 0
+            hit = (flow, 0)
             self.stats["flows.created"] += 1
             if self.cfg.flows:
                 self._emit("flow.start", ts_ns, flow, 0, tun, {})
         else:
             flow, idx = hit
-            self.flows.touch(flow, ts_ns)
+            if ts_ns > flow.touch_at:  # FlowTable.touch, inlined: it runs for every packet here
+                self.flows.lru.move_to_end(flow.key0)
+                flow.touch_at = ts_ns + LRU_TOUCH_NS
+            flow.last_ns = ts_ns
         flow.pkts[idx] += 1
         flow.octets[idx] += end - l4
-        return flow, idx
+        return hit
 
     def _tcp(self, ts_ns: int, data: bytes, l4: int, end: int, src: bytes, dst: bytes,
              tun: GtpuContext | None) -> None:
@@ -380,11 +385,12 @@ class Tap:
             self.stats["tcp.bad_header"] += 1
             return
         key = src + dst + data[l4 : l4 + 4]
-        if not flags & TCP_SYN and l4 + hlen == end and key not in self.tcp_flows:
+        hit = self.tcp_flows.get(key)
+        if hit is None and not flags & TCP_SYN and l4 + hlen == end:
             self.stats["tcp.stray"] += 1  # e.g. the last ACK after a close: no flow to start
             return
         client = (not flags & TCP_ACK) if flags & TCP_SYN else None
-        flow, idx = self._flow_for(ts_ns, self.tcp_flows, IPPROTO_TCP, key, data, l4, end, src, dst, sport,
+        flow, idx = self._flow_for(ts_ns, hit, self.tcp_flows, IPPROTO_TCP, key, data, l4, end, src, dst, sport,
                                    dport, tun, client)
         sd = flow.streams[idx]
         if sd is None:
@@ -425,7 +431,7 @@ class Tap:
             return
         payload = data[l4 + 8 : end]
         d = datagram_dissector(sport, dport, payload)  # a sender to a dissector's port is the client
-        flow, idx = self._flow_for(ts_ns, self.udp_flows, IPPROTO_UDP, key, data, l4,
+        flow, idx = self._flow_for(ts_ns, hit, self.udp_flows, IPPROTO_UDP, key, data, l4,
                                    end, src, dst, sport, dport, tun, None if d is None else True)
         if d is None:
             quiet = flow.quiet[idx] = flow.quiet[idx] + 1
@@ -475,7 +481,8 @@ class Tap:
         ident = data[l4 + 4 : l4 + 6] if end - l4 >= 6 else b"\0\0"
         t = data[l4]
         client = True if t in (8, 128) else (False if t in (0, 129) else None)  # echo request / reply
-        flow, idx = self._flow_for(ts_ns, table, proto, src + dst + ident, data, l4, end, src, dst, 0, 0, tun,
+        key = src + dst + ident
+        flow, idx = self._flow_for(ts_ns, table.get(key), table, proto, key, data, l4, end, src, dst, 0, 0, tun,
                                    client)
         d = IP_PROTOS.get(proto)
         if d is None or d.ip is None:

@@ -34,8 +34,19 @@ def ip6(raw: bytes) -> str:
     return _ntop(_AF_INET6, raw)
 
 
+_IP_STRS: dict[bytes, str] = {}  # the text of addresses seen lately: a few gNBs, UPFs, UEs, servers
+_MAX_IP_STRS = 1 << 16  # then it starts again (a capture of many addresses)
+
+
 def ip_str(raw: bytes) -> str:
-    return _ntop(_AF_INET if len(raw) == 4 else _AF_INET6, raw)
+    """The address's text (4 bytes: IPv4, else IPv6), from a cache: each event names its tunnel's
+    two ends and each new flow its two addresses, mostly the same few."""
+    text = _IP_STRS.get(raw)
+    if text is None:
+        if len(_IP_STRS) >= _MAX_IP_STRS:
+            _IP_STRS.clear()
+        text = _IP_STRS[raw] = _ntop(_AF_INET if len(raw) == 4 else _AF_INET6, raw)
+    return text
 
 
 def walk_ipv6_ext(data: bytes, nxt: int, off: int, end: int) -> tuple[int, int, tuple[int, int, int] | None]:
