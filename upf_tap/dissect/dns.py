@@ -39,12 +39,15 @@ _header = struct.Struct("!HHHHHH").unpack_from
 # \uXXXX for other non-printables, U+FFFD for bytes that are not UTF-8. A '.' inside a
 # label and a backslash stay as they are, as tshark shows them.
 _C_ESC = {7: "\\a", 8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r"}
-_PLAIN = bytes(range(0x20, 0x7F))
 
 
 def _label_text(label: bytes) -> str:
-    if not label.translate(None, _PLAIN):  # nothing left once the printable ASCII is deleted
-        return label.decode("ascii")
+    try:
+        text = label.decode("ascii")
+    except UnicodeDecodeError:
+        text = ""
+    if text and text.isprintable():  # printable ASCII (0x20-0x7E), the common case: as it is
+        return text
     out = []
     for ch in label.decode("utf-8", "replace"):
         o = ord(ch)
