@@ -160,8 +160,15 @@ class FlowTable:
                 self.end(flow, now_ns, "hard_timeout")
 
     def end_all(self, now_ns: int) -> None:
-        for flow in list(self.lru.values()):
-            self.end(flow, now_ns, "end_of_input")
+        """End every flow (end of input), in LRU order: the tables emptied at once, not key by key."""
+        flows = list(self.lru.values())
+        self.lru.clear()
+        self.skip.clear()
+        self.udp_skip.clear()
+        for table in self.by_proto.values():
+            table.clear()
+        for flow in flows:
+            self.on_end(flow, now_ns, "end_of_input")
 
     def __len__(self) -> int:
         return len(self.lru)
