@@ -21,6 +21,7 @@
 #include <string.h>
 
 #define MAX_PORTS 16
+#define MAX_UDP_PORTS 64
 
 typedef struct {
     PyObject *tcp_get;     /* the TCP flow table (dict) */
@@ -38,9 +39,15 @@ typedef struct {
     long long touch_ns;
     long long workers, me;
     long long next_expiry;
+    /* UDP datagrams no dissector takes, counted here (walk.py: _quiet_udp_context); udp_get NULL: off */
+    PyObject *udp_get;     /* the UDP flow table (dict) */
+    int n_py_dports, n_quic_ports, n_py_sports;
+    unsigned py_dports[MAX_UDP_PORTS], quic_ports[MAX_UDP_PORTS], py_sports[MAX_UDP_PORTS];
+    long long udp_quiet;   /* UDP_QUIET_DATAGRAMS */
+    long long dns_max_an, dns_max_ns, dns_max_ar; /* dns.SNIFF_MAX_* */
 } Ctx;
 
-static PyObject *s_touch_at, *s_key0, *s_last_ns, *s_pkts, *s_octets, *s_next_expiry, *s_seq, *zero;
+static PyObject *s_touch_at, *s_key0, *s_last_ns, *s_pkts, *s_octets, *s_next_expiry, *s_seq, *s_quiet, *s_state, *zero;
 
 static inline unsigned be16(const unsigned char *p) { return ((unsigned)p[0] << 8) | p[1]; }
 static inline uint32_t be32(const unsigned char *p) {
@@ -67,16 +74,46 @@ static inline long long owner_of(const unsigned char *a, const unsigned char *b,
     return (long long)(x % (unsigned long long)workers);
 }
 
+static int port_list(PyObject *tup, unsigned *out, int *n) {
+    if (!PyTuple_Check(tup) || PyTuple_GET_SIZE(tup) > MAX_UDP_PORTS) {
+        PyErr_SetString(PyExc_ValueError, "a port list for the compiled walk: a tuple of at most 64");
+        return -1;
+    }
+    *n = (int)PyTuple_GET_SIZE(tup);
+    for (int i = 0; i < *n; i++) {
+        long v = PyLong_AsLong(PyTuple_GET_ITEM(tup, i));
+        if (v == -1 && PyErr_Occurred()) return -1;
+        out[i] = (unsigned)v;
+    }
+    return 0;
+}
+
+static inline int in_ports(const unsigned *ports, int n, unsigned port) {
+    for (int i = 0; i < n; i++)
+        if (ports[i] == port) return 1;
+    return 0;
+}
+
 static int ctx_init(Ctx *c, PyObject *t) {
     /* (tcp_table, skip, udp_skip, lru_touch, feed_at, expire, tap, tcp, udp, gtpu_ports,
-        count_flows, touch_ns, workers, me, next_expiry) */
-    PyObject *ports;
+        count_flows, touch_ns, workers, me, next_expiry, quiet_udp) with quiet_udp None or
+        (udp_table, python_dports, quic_ports, python_sports, udp_quiet, dns sniff limits) */
+    PyObject *ports, *quiet;
     int count_flows;
-    if (!PyArg_ParseTuple(t, "O!O!O!OOOOOOO!pLLLL", &PyDict_Type, &c->tcp_get, &PyDict_Type, &c->skip,
+    if (!PyArg_ParseTuple(t, "O!O!O!OOOOOOO!pLLLLO", &PyDict_Type, &c->tcp_get, &PyDict_Type, &c->skip,
                           &PyDict_Type, &c->udp_skip, &c->lru_touch, &c->feed_at, &c->expire, &c->tap,
                           &c->tcp, &c->udp, &PyTuple_Type, &ports, &count_flows, &c->touch_ns, &c->workers,
-                          &c->me, &c->next_expiry))
+                          &c->me, &c->next_expiry, &quiet))
         return -1;
+    c->udp_get = NULL;
+    if (quiet != Py_None) {
+        PyObject *pyd, *qp, *pys;
+        if (!PyArg_ParseTuple(quiet, "O!OOOL(LLL)", &PyDict_Type, &c->udp_get, &pyd, &qp, &pys, &c->udp_quiet,
+                              &c->dns_max_an, &c->dns_max_ns, &c->dns_max_ar) ||
+            port_list(pyd, c->py_dports, &c->n_py_dports) < 0 || port_list(qp, c->quic_ports, &c->n_quic_ports) < 0 ||
+            port_list(pys, c->py_sports, &c->n_py_sports) < 0)
+            return -1;
+    }
     c->count_flows = count_flows;
     Py_ssize_t n = PyTuple_GET_SIZE(ports);
     if (n > MAX_PORTS) {
@@ -110,8 +147,8 @@ static int list_add(PyObject *lst, Py_ssize_t idx, long long add) {
 }
 
 /* Count a packet on its flow, as walk.py does on a hit: LRU touch at most once per touch_ns,
-   last_ns, and with --flows the per-direction counters. */
-static int on_hit(Ctx *c, PyObject *hit, long long ts_ns, long long seg_len) {
+   last_ns, and with ``count`` (--flows, on a skipped direction) the per-direction counters. */
+static int on_hit(Ctx *c, PyObject *hit, long long ts_ns, long long seg_len, int count) {
     if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 2) {
         PyErr_SetString(PyExc_TypeError, "flow table entry is not (flow, direction)");
         return -1;
@@ -142,7 +179,7 @@ static int on_hit(Ctx *c, PyObject *hit, long long ts_ns, long long seg_len) {
         if (e < 0) goto out_ts;
     }
     if (PyObject_SetAttr(flow, s_last_ns, ts) < 0) goto out_ts;
-    if (c->count_flows) {
+    if (count) {
         PyObject *pkts = PyObject_GetAttr(flow, s_pkts);
         if (pkts == NULL) goto out_ts;
         int e = list_add(pkts, idx, 1);
@@ -172,6 +209,97 @@ static PyObject *lookup(PyObject *dict, const unsigned char *key, Py_ssize_t n, 
     Py_DECREF(k);
     if (hit == NULL && PyErr_Occurred()) *err = 1;
     return hit;
+}
+
+/* dns.looks_like_datagram, exactly: a DNS message by the header shape tshark's heuristic accepts */
+static int dns_sniff(const Ctx *c, const unsigned char *p, long long n) {
+    if (n <= 12) return 0;
+    long long flags = be16(p + 2), qd = be16(p + 4), an = be16(p + 6), ns = be16(p + 8), ar = be16(p + 10);
+    if (flags & 0x7800) return 0;
+    if (flags & 0x8000) {
+        if (qd > 1 || an > c->dns_max_an || ns > c->dns_max_ns) return 0;
+    } else if (qd != 1 || an || ns) {
+        return 0;
+    }
+    return ar <= c->dns_max_ar && qd + an > 0 && qd * 6 + (an + ns + ar) * 11 <= n - 12;
+}
+
+/* What pipeline.Tap._udp (through dissect.datagram_dissector) would make of a datagram on a
+   known flow, where that is sure without Python: 1, no dissector takes it (not a port _udp or a
+   dissector reads itself, not a long header QUIC's claims_datagram might take on its ports,
+   neither sniffer taking it: DNS's test exactly, QUIC's first test, a long header); 2, the DNS
+   sniffer takes it and it is a response (dns reads it and finds no query); 0, _udp's to decide. */
+static int udp_kind(const Ctx *c, unsigned sport, unsigned dport, const unsigned char *p, long long n) {
+    if (in_ports(c->py_dports, c->n_py_dports, dport) || in_ports(c->py_sports, c->n_py_sports, sport)) return 0;
+    if (n >= 7 && (p[0] & 0x80) && in_ports(c->quic_ports, c->n_quic_ports, dport)) return 0;
+    if (dns_sniff(c, p, n)) return (p[2] & 0x80) ? 2 : 0;
+    if (n >= 7 && (p[0] & 0xC0) == 0xC0) return 0;
+    return 1;
+}
+
+/* A datagram of a known UDP flow that udp_kind is sure of, its direction not yet quiet: what
+   _udp does with it. The flow's counters as _flow_for (on_hit, counting); no dissector: its quiet count raised, and at
+   udp_quiet the direction joins udp_skip (FlowTable.skip_direction); a DNS response: the count
+   back to 0 (unless the direction's dissector state is False: _udp's case). 1: done; 0: for
+   _udp; -1: an error. */
+static int quiet_datagram(Ctx *c, const unsigned char *key, Py_ssize_t klen, const unsigned char *udp,
+                          long long ulen, long long ts_ns) {
+    if (c->udp_get == NULL || ulen < 8) return 0;
+    int kind = udp_kind(c, be16(udp), be16(udp + 2), udp + 8, ulen - 8);
+    if (!kind) return 0;
+    PyObject *k = PyBytes_FromStringAndSize((const char *)key, klen);
+    if (k == NULL) return -1;
+    int rc = -1;
+    PyObject *q = NULL, *hit = PyDict_GetItemWithError(c->udp_get, k); /* borrowed */
+    if (hit == NULL) {
+        rc = PyErr_Occurred() ? -1 : 0; /* a new flow: _udp opens it */
+        goto out_k;
+    }
+    Py_INCREF(hit);
+    if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 2) {
+        PyErr_SetString(PyExc_TypeError, "flow table entry is not (flow, direction)");
+        goto out_hit;
+    }
+    PyObject *flow = PyTuple_GET_ITEM(hit, 0);
+    Py_ssize_t idx = PyLong_AsSsize_t(PyTuple_GET_ITEM(hit, 1));
+    if (idx == -1 && PyErr_Occurred()) goto out_hit;
+    if ((q = PyObject_GetAttr(flow, s_quiet)) == NULL) goto out_hit;
+    if (!PyList_Check(q) || idx < 0 || idx >= PyList_GET_SIZE(q)) {
+        PyErr_SetString(PyExc_TypeError, "flow.quiet is not a list of two");
+        goto out_hit;
+    }
+    long long was = PyLong_AsLongLong(PyList_GET_ITEM(q, idx));
+    if (was == -1 && PyErr_Occurred()) goto out_hit;
+    if (was >= c->udp_quiet) { /* quiet but not in udp_skip: _udp's own case */
+        rc = 0;
+        goto out_hit;
+    }
+    if (kind == 2) {
+        PyObject *st = PyObject_GetAttr(flow, s_state);
+        if (st == NULL) goto out_hit;
+        int is_false = PyList_Check(st) && idx < PyList_GET_SIZE(st) && PyList_GET_ITEM(st, idx) == Py_False;
+        int ok = PyList_Check(st) && idx < PyList_GET_SIZE(st);
+        Py_DECREF(st);
+        if (!ok || is_false) {
+            rc = 0;
+            goto out_hit;
+        }
+    }
+    if (on_hit(c, hit, ts_ns, ulen, 1) < 0) goto out_hit; /* counted always, as _flow_for does */
+    if (kind == 2) {
+        Py_INCREF(zero);
+        if (PyList_SetItem(q, idx, zero) < 0) goto out_hit; /* steals the reference */
+    } else {
+        if (list_add(q, idx, 1) < 0) goto out_hit;
+        if (was + 1 >= c->udp_quiet && PyDict_SetItem(c->udp_skip, k, hit) < 0) goto out_hit;
+    }
+    rc = 1;
+out_hit:
+    Py_XDECREF(q);
+    Py_DECREF(hit);
+out_k:
+    Py_DECREF(k);
+    return rc;
 }
 
 /* The fast test on one Ethernet frame of flen >= 98 bytes. 1: handled here (counted on its
@@ -205,6 +333,10 @@ static int fast_one(Ctx *c, const unsigned char *f, long long flen, long long ts
                     hit = lookup(itot == tcp_end ? c->tcp_get : c->skip, key, 12, &err);
             } else if (iproto == 17) {
                 hit = lookup(c->udp_skip, key, 12, &err);
+                if (hit == NULL && !err) {
+                    int k = quiet_datagram(c, key, 12, f + 78, itot - 20, ts_ns);
+                    if (k) return k;
+                }
             }
         }
         seg_len = itot - 20;
@@ -222,10 +354,14 @@ static int fast_one(Ctx *c, const unsigned char *f, long long flen, long long ts
             if (c->workers > 1 && owner_of(key, key + 16, 16, c->workers) != c->me) return 1;
             hit = lookup(c->udp_skip, key, 36, &err);
             seg_len = plen;
+            if (hit == NULL && !err) {
+                int k = quiet_datagram(c, key, 36, f + 98, plen, ts_ns);
+                if (k) return k;
+            }
         }
     }
     if (err) return -1;
-    if (hit != NULL) return on_hit(c, hit, ts_ns, seg_len) < 0 ? -1 : 1;
+    if (hit != NULL) return on_hit(c, hit, ts_ns, seg_len, c->count_flows) < 0 ? -1 : 1;
     /* Not skippable, but of the shape whose outer layers (outer IPv4, UDP, GTP-U with one PDU
        Session Container) decode without a drop or a count in Tap.feed_at: when the inner header
        is whole and unfragmented with TCP or UDP after it, the tap's _tcp/_udp take it as
@@ -605,7 +741,9 @@ PyMODINIT_FUNC PyInit__walk(void) {
     s_octets = PyUnicode_InternFromString("octets");
     s_next_expiry = PyUnicode_InternFromString("next_expiry");
     s_seq = PyUnicode_InternFromString("_seq");
+    s_quiet = PyUnicode_InternFromString("quiet");
+    s_state = PyUnicode_InternFromString("state");
     zero = PyLong_FromLong(0);
-    if (!s_touch_at || !s_key0 || !s_last_ns || !s_pkts || !s_octets || !s_next_expiry || !s_seq || !zero) return NULL;
+    if (!s_touch_at || !s_key0 || !s_last_ns || !s_pkts || !s_octets || !s_next_expiry || !s_seq || !s_quiet || !s_state || !zero) return NULL;
     return PyModule_Create(&module);
 }

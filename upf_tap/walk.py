@@ -30,7 +30,17 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from upf_tap.capture.pcapfile import MAX_RECORD, PcapngRun, PcapRun
-from upf_tap.constants import ACCEL_ENV, IPPROTO_TCP, LRU_TOUCH_NS
+from upf_tap.constants import (
+    ACCEL_ENV,
+    GENEVE_PORT,
+    GRE_UDP_PORT,
+    GTPU_PORT,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    LRU_TOUCH_NS,
+    UDP_QUIET_DATAGRAMS,
+    VXLAN_PORT,
+)
 from upf_tap.decode.link import LINKTYPE_ETHERNET
 from upf_tap.flows import owner
 
@@ -103,7 +113,39 @@ def _context(tap: Tap) -> tuple[Any, ...]:
     flows = tap.flows
     return (flows.table(IPPROTO_TCP), flows.skip, flows.udp_skip, flows.lru.move_to_end, tap.feed_at, tap.expire,
             tap, tap._tcp, tap._udp, tuple(tap.gtpu_ports), tap.cfg.flows, LRU_TOUCH_NS, tap.workers, tap.worker,
-            tap.next_expiry)
+            tap.next_expiry, _quiet_udp_context(tap))
+
+
+@lru_cache(maxsize=1)
+def _udp_ports() -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """(destination ports whose datagrams Tap._udp or a dissector reads, QUIC's ports, source ports
+    _udp reads) for the compiled walk's ``udp_kind`` (_walk.c), which knows the tests of the two
+    UDP sniffers (DNS's exactly, QUIC's first) and QUIC's claims_datagram: None (the compiled
+    walk leaves every datagram to _udp) when the dissectors are no longer those."""
+    from upf_tap.dissect import NOT_SNIFFED_UDP_PORTS, UDP_PORTS, UDP_SNIFFERS
+
+    if tuple(s.name for s in UDP_SNIFFERS) != ("dns", "quic"):
+        return None
+    if any(d.claims_datagram is not None and d.name != "quic" for d in UDP_PORTS.values()):
+        return None
+    # Tap._udp's tunnels (GTP-U as either port), the ports no sniffer is offered (either port)
+    own = {VXLAN_PORT, GENEVE_PORT, GRE_UDP_PORT, GTPU_PORT} | NOT_SNIFFED_UDP_PORTS
+    quic = tuple(sorted(p for p, d in UDP_PORTS.items() if d.name == "quic"))
+    others = tuple(sorted(own | {p for p, d in UDP_PORTS.items() if d.name != "quic"}))
+    return others, quic, tuple(sorted({GTPU_PORT} | NOT_SNIFFED_UDP_PORTS))
+
+
+def _quiet_udp_context(tap: Tap) -> tuple[Any, ...] | None:
+    """The compiled walk's part of Tap._udp: a datagram on a known UDP flow that no dissector
+    takes, or a DNS response there, is counted in the walk (its quiet count and all) instead of
+    handed to the tap. None: off."""
+    ports = _udp_ports()
+    if ports is None:
+        return None
+    from upf_tap.dissect import dns
+
+    return (tap.flows.table(IPPROTO_UDP), *ports, UDP_QUIET_DATAGRAMS,
+            (dns.SNIFF_MAX_ANSWERS, dns.SNIFF_MAX_AUTHORITIES, dns.SNIFF_MAX_ADDITIONALS))
 
 
 def walk_pcap_c(tap: Tap, run: PcapRun) -> None:
