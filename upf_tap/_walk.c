@@ -45,9 +45,10 @@ typedef struct {
     unsigned py_dports[MAX_UDP_PORTS], quic_ports[MAX_UDP_PORTS], py_sports[MAX_UDP_PORTS];
     long long udp_quiet;   /* UDP_QUIET_DATAGRAMS */
     long long dns_max_an, dns_max_ns, dns_max_ar; /* dns.SNIFF_MAX_* */
+    PyObject *stats;       /* tap.stats (a Counter) */
 } Ctx;
 
-static PyObject *s_touch_at, *s_key0, *s_last_ns, *s_pkts, *s_octets, *s_next_expiry, *s_seq, *s_quiet, *s_state, *zero;
+static PyObject *s_touch_at, *s_key0, *s_last_ns, *s_pkts, *s_octets, *s_next_expiry, *s_seq, *s_quiet, *s_state, *s_tcp_stray, *zero, *one;
 
 static inline unsigned be16(const unsigned char *p) { return ((unsigned)p[0] << 8) | p[1]; }
 static inline uint32_t be32(const unsigned char *p) {
@@ -96,14 +97,14 @@ static inline int in_ports(const unsigned *ports, int n, unsigned port) {
 
 static int ctx_init(Ctx *c, PyObject *t) {
     /* (tcp_table, skip, udp_skip, lru_touch, feed_at, expire, tap, tcp, udp, gtpu_ports,
-        count_flows, touch_ns, workers, me, next_expiry, quiet_udp) with quiet_udp None or
+        count_flows, touch_ns, workers, me, next_expiry, quiet_udp, stats) with quiet_udp None or
         (udp_table, python_dports, quic_ports, python_sports, udp_quiet, dns sniff limits) */
     PyObject *ports, *quiet;
     int count_flows;
-    if (!PyArg_ParseTuple(t, "O!O!O!OOOOOOO!pLLLLO", &PyDict_Type, &c->tcp_get, &PyDict_Type, &c->skip,
+    if (!PyArg_ParseTuple(t, "O!O!O!OOOOOOO!pLLLLOO!", &PyDict_Type, &c->tcp_get, &PyDict_Type, &c->skip,
                           &PyDict_Type, &c->udp_skip, &c->lru_touch, &c->feed_at, &c->expire, &c->tap,
                           &c->tcp, &c->udp, &PyTuple_Type, &ports, &count_flows, &c->touch_ns, &c->workers,
-                          &c->me, &c->next_expiry, &quiet))
+                          &c->me, &c->next_expiry, &quiet, &PyDict_Type, &c->stats))
         return -1;
     c->udp_get = NULL;
     if (quiet != Py_None) {
@@ -302,6 +303,18 @@ out_k:
     return rc;
 }
 
+/* A bare ACK (no SYN, FIN, RST or payload) of no known flow: Tap._tcp only counts it
+   (tcp.stray: the last ACK after a close, a capture that starts mid-flow). 1: counted; -1: error. */
+static int stray(Ctx *c) {
+    PyObject *name = s_tcp_stray, *was = PyDict_GetItemWithError(c->stats, name); /* borrowed */
+    if (was == NULL && PyErr_Occurred()) return -1;
+    PyObject *now = was == NULL ? PyLong_FromLong(1) : PyNumber_Add(was, one);
+    if (now == NULL) return -1;
+    int e = PyDict_SetItem(c->stats, name, now);
+    Py_DECREF(now);
+    return e < 0 ? -1 : 1;
+}
+
 /* The fast test on one Ethernet frame of flen >= 98 bytes. 1: handled here (counted on its
    flow, or another worker's); 0: for the full decoder; 6 or 17 (*v6 set): the common N3 shape
    with TCP or UDP inside, for the tap's transport layer straight away (see to_l4); -1: a
@@ -329,8 +342,10 @@ static int fast_one(Ctx *c, const unsigned char *f, long long flen, long long ts
             unsigned tcp = be16(f + 90);
             if (iproto == 6) {
                 long long tcp_end = 20 + (long long)(tcp >> 12) * 4;
-                if (!(tcp & 0x07) && tcp >= 0x5000 && itot >= tcp_end)
+                if (!(tcp & 0x07) && tcp >= 0x5000 && itot >= tcp_end) {
                     hit = lookup(itot == tcp_end ? c->tcp_get : c->skip, key, 12, &err);
+                    if (hit == NULL && !err && itot == tcp_end) return stray(c);
+                }
             } else if (iproto == 17) {
                 hit = lookup(c->udp_skip, key, 12, &err);
                 if (hit == NULL && !err) {
@@ -350,6 +365,7 @@ static int fast_one(Ctx *c, const unsigned char *f, long long flen, long long ts
             if (c->workers > 1 && owner_of(key, key + 16, 16, c->workers) != c->me) return 1;
             hit = lookup(plen == tcp_end ? c->tcp_get : c->skip, key, 36, &err);
             seg_len = plen;
+            if (hit == NULL && !err && plen == tcp_end) return stray(c);
         } else if (nh == 17 && flen - plen == 98) { /* UDP in IPv6: a direction gone quiet */
             if (c->workers > 1 && owner_of(key, key + 16, 16, c->workers) != c->me) return 1;
             hit = lookup(c->udp_skip, key, 36, &err);
@@ -743,7 +759,9 @@ PyMODINIT_FUNC PyInit__walk(void) {
     s_seq = PyUnicode_InternFromString("_seq");
     s_quiet = PyUnicode_InternFromString("quiet");
     s_state = PyUnicode_InternFromString("state");
+    s_tcp_stray = PyUnicode_InternFromString("tcp.stray");
+    one = PyLong_FromLong(1);
     zero = PyLong_FromLong(0);
-    if (!s_touch_at || !s_key0 || !s_last_ns || !s_pkts || !s_octets || !s_next_expiry || !s_seq || !s_quiet || !s_state || !zero) return NULL;
+    if (!s_touch_at || !s_key0 || !s_last_ns || !s_pkts || !s_octets || !s_next_expiry || !s_seq || !s_quiet || !s_state || !s_tcp_stray || !zero || !one) return NULL;
     return PyModule_Create(&module);
 }

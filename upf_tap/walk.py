@@ -113,7 +113,7 @@ def _context(tap: Tap) -> tuple[Any, ...]:
     flows = tap.flows
     return (flows.table(IPPROTO_TCP), flows.skip, flows.udp_skip, flows.lru.move_to_end, tap.feed_at, tap.expire,
             tap, tap._tcp, tap._udp, tuple(tap.gtpu_ports), tap.cfg.flows, LRU_TOUCH_NS, tap.workers, tap.worker,
-            tap.next_expiry, _quiet_udp_context(tap))
+            tap.next_expiry, _quiet_udp_context(tap), tap.stats)
 
 
 @lru_cache(maxsize=1)

@@ -189,22 +189,23 @@ def _dns_response(name: str, ident: int = 7) -> bytes:
     return struct.pack("!HHHHHH", ident, 0x8180, 1, 1, 0, 0) + q + answer
 
 
-def _udp_calls(path: Path, accel: bool) -> tuple[list[dict], int]:
-    """The events, and how many datagrams reached Tap._udp, with one walk or the other."""
+def _calls(path: Path, accel: bool, layer: str = "_udp") -> tuple[list[dict], int, Tap]:
+    """The events, how many packets reached Tap._udp (or ``layer``) with one walk or the other,
+    and the tap."""
     events: list[dict] = []
     tap = Tap(TapConfig(control_plane=False), events.append)
     calls = 0
-    udp = tap._udp
+    method = getattr(tap, layer)
 
     def counted(*args: Any) -> None:
         nonlocal calls
         calls += 1
-        udp(*args)
+        method(*args)
 
-    tap._udp = counted  # type: ignore[method-assign]  # _context reads it from the tap
+    setattr(tap, layer, counted)  # _context reads it from the tap
     walk.walk(tap, read_batches(path, tap.stats, runs=True), accel=accel)
     tap.finish()
-    return events, calls
+    return events, calls, tap
 
 
 @needs_accel
@@ -241,7 +242,7 @@ def test_datagrams_no_dissector_takes_are_counted_in_the_walk(tmp_path: Path, v6
     path = gen.write(tmp_path / "udp.pcap", kept + quiet + short)
     assert_same(path, flows=True)
     assert_same(path)
-    (ref, py_calls), (got, c_calls) = _udp_calls(path, False), _udp_calls(path, True)
+    (ref, py_calls, _), (got, c_calls, _) = _calls(path, False), _calls(path, True)
     assert got == ref
     names = [e["app"]["qname"] for e in got if e["kind"] == "dns.query"]
     assert names == ["still.example"]
@@ -249,3 +250,25 @@ def test_datagrams_no_dissector_takes_are_counted_in_the_walk(tmp_path: Path, v6
     # over until its direction is quiet; the compiled walk only each flow's first (it opens the
     # flow) and the query it cannot rule out
     assert c_calls == 3 + 1
+
+
+@needs_accel
+@pytest.mark.parametrize("v6", [False, True])
+def test_stray_acks_are_counted_in_the_walk(tmp_path: Path, v6: bool) -> None:
+    """A bare ACK of no known flow (a capture that starts mid-flow, the last ACK after a close)
+    is only counted by Tap._tcp (tcp.stray): the compiled walk counts it itself, the same count."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+
+    from tests.tap import gen
+
+    ue, srv = ("2001:db8:cafe::22", "2001:db8:ffff::9") if v6 else ("10.45.0.22", "10.200.0.9")
+    ip = IPv6 if v6 else IP
+    acks = [gen.n3(22, ip(src=ue, dst=srv) / TCP(sport=40000 + i, dport=443, flags="A", seq=7, ack=9))
+            for i in range(12)]
+    fin = gen.n3(22, ip(src=ue, dst=srv) / TCP(sport=40100, dport=443, flags="FA", seq=7, ack=9))  # not bare
+    path = gen.write(tmp_path / "stray.pcap", [*acks, fin])
+    assert_same(path)
+    (_, py_calls, py_tap), (_, c_calls, c_tap) = _calls(path, False, "_tcp"), _calls(path, True, "_tcp")
+    assert py_tap.stats["tcp.stray"] == c_tap.stats["tcp.stray"] == len(acks) + 1
+    assert (py_calls, c_calls) == (len(acks) + 1, 1)  # the compiled walk hands over only the FIN
