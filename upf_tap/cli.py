@@ -16,7 +16,7 @@ from mec_common import cli
 from mec_common.cli import Command, CommandError
 from upf_tap import __version__
 from upf_tap.capture.common import CaptureError
-from upf_tap.events import to_json_bytes, to_json_line
+from upf_tap.events import flush_spans, to_json_bytes, to_json_line
 from upf_tap.options import add_pipeline_options, print_counters, tap_config
 from upf_tap.output import stdout_bytes, stdout_text
 
@@ -134,6 +134,7 @@ def _read_shared(args: argparse.Namespace, cfg: Any, out: TextIO | BinaryIO) -> 
                         tap = Tap(cfg, emit)
                         tap.consume_batches(read_batches(args.files[0], tap.stats, runs=True))
                         tap.finish()
+                    flush_spans()  # os._exit below skips the exit handlers that would
                     with open(os.path.join(tmp, f"{k}.counters"), "w", encoding="utf-8") as cf:
                         json.dump(tap.counters(), cf)
                 except (CaptureError, ValueError) as e:  # an unreadable capture, a bad identity file

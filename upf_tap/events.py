@@ -181,6 +181,13 @@ def make_event(
     return ev
 
 
+def flush_spans(timeout_ms: int = 5000) -> None:
+    """Send the spans still batched, where OTLP export is on: for a process that ends without the
+    interpreter's exit handlers (a `read --workers` child)."""
+    if _SPANS is not None:
+        _SPANS.flush(timeout_ms)
+
+
 def to_json_line(event: AppEvent) -> str:
     """The event as one JSON line (without the newline)."""
     try:

@@ -97,11 +97,13 @@ def test_a_later_version_is_read_as_00_and_ids_are_stable() -> None:
     assert a != child_span_id("0af7651916cd43dd8448eb211c80319c", None, "x") and len(a) == 16
 
 
-async def test_the_taps_spans_reach_an_otlp_collector(captures: Path) -> None:
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+async def test_the_taps_spans_reach_an_otlp_collector(captures: Path, workers: list[str]) -> None:
+    """From one process, and from each `read --workers` child (which ends by os._exit)."""
     pytest.importorskip("opentelemetry.sdk.trace", reason="the [trace] extra (OpenTelemetry SDK) is not installed")
     async with otlp_receiver() as (endpoint, spans):
         env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "upf_tap", "read",
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "upf_tap", "read", *workers,
                                                     str(captures / "synthetic-n3.pcap"), env=env,
                                                     stdout=asyncio.subprocess.PIPE)
         out, _ = await asyncio.wait_for(proc.communicate(), 120)   # spans flushed at exit
