@@ -239,10 +239,10 @@ static int udp_kind(const Ctx *c, unsigned sport, unsigned dport, const unsigned
 }
 
 /* A datagram of a known UDP flow that udp_kind is sure of, its direction not yet quiet: what
-   _udp does with it. The flow's counters as _flow_for (on_hit, counting); no dissector: its quiet count raised, and at
-   udp_quiet the direction joins udp_skip (FlowTable.skip_direction); a DNS response: the count
-   back to 0 (unless the direction's dissector state is False: _udp's case). 1: done; 0: for
-   _udp; -1: an error. */
+   _udp does with it. The flow's counters as _flow_for keeps them (on_hit, counting); no
+   dissector: its quiet count raised, and at udp_quiet the direction joins udp_skip
+   (FlowTable.skip_direction); a DNS response: the count back to 0. 1: done; 0: for _udp;
+   -1: an error. */
 static int quiet_datagram(Ctx *c, const unsigned char *key, Py_ssize_t klen, const unsigned char *udp,
                           long long ulen, long long ts_ns) {
     if (c->udp_get == NULL || ulen < 8) return 0;
@@ -275,13 +275,12 @@ static int quiet_datagram(Ctx *c, const unsigned char *key, Py_ssize_t klen, con
         rc = 0;
         goto out_hit;
     }
-    if (kind == 2) {
+    if (kind == 2) { /* a direction whose dissector state is False (done) is _udp's */
         PyObject *st = PyObject_GetAttr(flow, s_state);
         if (st == NULL) goto out_hit;
-        int is_false = PyList_Check(st) && idx < PyList_GET_SIZE(st) && PyList_GET_ITEM(st, idx) == Py_False;
-        int ok = PyList_Check(st) && idx < PyList_GET_SIZE(st);
+        int open = PyList_Check(st) && idx < PyList_GET_SIZE(st) && PyList_GET_ITEM(st, idx) != Py_False;
         Py_DECREF(st);
-        if (!ok || is_false) {
+        if (!open) {
             rc = 0;
             goto out_hit;
         }
@@ -306,11 +305,11 @@ out_k:
 /* A bare ACK (no SYN, FIN, RST or payload) of no known flow: Tap._tcp only counts it
    (tcp.stray: the last ACK after a close, a capture that starts mid-flow). 1: counted; -1: error. */
 static int stray(Ctx *c) {
-    PyObject *name = s_tcp_stray, *was = PyDict_GetItemWithError(c->stats, name); /* borrowed */
+    PyObject *was = PyDict_GetItemWithError(c->stats, s_tcp_stray); /* borrowed */
     if (was == NULL && PyErr_Occurred()) return -1;
     PyObject *now = was == NULL ? PyLong_FromLong(1) : PyNumber_Add(was, one);
     if (now == NULL) return -1;
-    int e = PyDict_SetItem(c->stats, name, now);
+    int e = PyDict_SetItem(c->stats, s_tcp_stray, now);
     Py_DECREF(now);
     return e < 0 ? -1 : 1;
 }

@@ -134,7 +134,7 @@ def _read_shared(args: argparse.Namespace, cfg: Any, out: TextIO | BinaryIO) -> 
                         tap = Tap(cfg, emit)
                         tap.consume_batches(read_batches(args.files[0], tap.stats, runs=True))
                         tap.finish()
-                    flush_spans()  # os._exit below skips the exit handlers that would
+                    flush_spans()  # os._exit below skips the exit handler that would send them
                     with open(os.path.join(tmp, f"{k}.counters"), "w", encoding="utf-8") as cf:
                         json.dump(tap.counters(), cf)
                 except (CaptureError, ValueError) as e:  # an unreadable capture, a bad identity file

@@ -117,12 +117,13 @@ def _context(tap: Tap) -> tuple[Any, ...]:
 
 
 @lru_cache(maxsize=1)
-def _udp_ports() -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
-    """(destination ports whose datagrams Tap._udp or a dissector reads, QUIC's ports, source ports
-    _udp reads) for the compiled walk's ``udp_kind`` (_walk.c), which knows the tests of the two
-    UDP sniffers (DNS's exactly, QUIC's first) and QUIC's claims_datagram: None (the compiled
-    walk leaves every datagram to _udp) when the dissectors are no longer those."""
-    from upf_tap.dissect import NOT_SNIFFED_UDP_PORTS, UDP_PORTS, UDP_SNIFFERS
+def _udp_rules() -> tuple[Any, ...] | None:
+    """What the compiled walk's ``udp_kind`` (_walk.c) needs to tell, without Python, that Tap._udp
+    would find no dissector for a datagram: (destination ports Tap._udp or a dissector reads
+    itself, QUIC's ports, source ports _udp reads itself, UDP_QUIET_DATAGRAMS, the DNS sniffer's
+    limits). It knows the tests of the two UDP sniffers (DNS's exactly, QUIC's first) and QUIC's
+    claims_datagram: None (every datagram left to _udp) when the dissectors are no longer those."""
+    from upf_tap.dissect import NOT_SNIFFED_UDP_PORTS, UDP_PORTS, UDP_SNIFFERS, dns
 
     if tuple(s.name for s in UDP_SNIFFERS) != ("dns", "quic"):
         return None
@@ -132,20 +133,16 @@ def _udp_ports() -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | N
     own = {VXLAN_PORT, GENEVE_PORT, GRE_UDP_PORT, GTPU_PORT} | NOT_SNIFFED_UDP_PORTS
     quic = tuple(sorted(p for p, d in UDP_PORTS.items() if d.name == "quic"))
     others = tuple(sorted(own | {p for p, d in UDP_PORTS.items() if d.name != "quic"}))
-    return others, quic, tuple(sorted({GTPU_PORT} | NOT_SNIFFED_UDP_PORTS))
+    return (others, quic, tuple(sorted({GTPU_PORT} | NOT_SNIFFED_UDP_PORTS)), UDP_QUIET_DATAGRAMS,
+            (dns.SNIFF_MAX_ANSWERS, dns.SNIFF_MAX_AUTHORITIES, dns.SNIFF_MAX_ADDITIONALS))
 
 
 def _quiet_udp_context(tap: Tap) -> tuple[Any, ...] | None:
     """The compiled walk's part of Tap._udp: a datagram on a known UDP flow that no dissector
     takes, or a DNS response there, is counted in the walk (its quiet count and all) instead of
     handed to the tap. None: off."""
-    ports = _udp_ports()
-    if ports is None:
-        return None
-    from upf_tap.dissect import dns
-
-    return (tap.flows.table(IPPROTO_UDP), *ports, UDP_QUIET_DATAGRAMS,
-            (dns.SNIFF_MAX_ANSWERS, dns.SNIFF_MAX_AUTHORITIES, dns.SNIFF_MAX_ADDITIONALS))
+    rules = _udp_rules()
+    return None if rules is None else (tap.flows.table(IPPROTO_UDP), *rules)
 
 
 def walk_pcap_c(tap: Tap, run: PcapRun) -> None:

@@ -126,8 +126,8 @@ class LiveProc:
 
     def finish(self, timeout: float = 60.0) -> tuple[int, list[str], str]:
         """Wait for exit: (return code, stdout lines, stderr text)."""
-        if not self._t_out.is_alive():
-            self._t_out.start()  # a test that holds the pipe full until now (drain_stdout=False)
+        if self._t_out.ident is None:  # never started: a test that held the pipe full until now
+            self._t_out.start()
         try:
             self.p.wait(timeout)
         except subprocess.TimeoutExpired:
